@@ -1,0 +1,51 @@
+/* engine/config.h — model configuration and presets.
+ *
+ * One struct describes every model the engine runs; presets fill it (docs/MODEL.md §1). The
+ * per-head (MHA) and latent (MLA) layouts are two values of `layout` over the same code.
+ */
+#ifndef VMLA_ENGINE_CONFIG_H
+#define VMLA_ENGINE_CONFIG_H
+
+#include <stddef.h>
+
+typedef enum { ENG_LAYOUT_MHA = 0, ENG_LAYOUT_MLA = 1 } eng_layout;
+
+#define ENG_MAX_STEPS 8
+
+typedef struct {
+    char preset[32];
+    eng_layout layout;
+    /* DiT */
+    int dim, heads, head_dim, layers, ffn_dim, freq_dim, in_ch;
+    int text_dim, text_len;
+    int d_c, d_r; /* MLA only */
+    float eps;
+    double rope_theta;
+    int max_frames; /* absolute latent frames a stream may reach (RoPE range seen in training) */
+    /* text encoder: an embedding table of `vocab` rows (the tiny models) */
+    int vocab;
+    /* decoder (docs/MODEL.md §8) */
+    int dec_ch, dec_up, dec_t_up;
+    /* sampler defaults */
+    int chunk_frames, n_steps;
+    float steps[ENG_MAX_STEPS];
+    float shift;
+    int window, sink;
+    /* default latent size (video size / 8) and frame rate */
+    int latent_h, latent_w;
+    int fps;
+} eng_config;
+
+/* Fill c from a preset name: tiny-test, tiny-test-mla, wan-1.3b, wan-1.3b-mla. Returns 0, or -1
+ * with a message listing the known presets. */
+int eng_config_preset(eng_config *c, const char *name, char *err, size_t errlen);
+/* Check that the fields are consistent (divisibility, ranges). Returns 0 or -1 with a message. */
+int eng_config_validate(const eng_config *c, char *err, size_t errlen);
+/* Values a token and a layer occupies in the self-attention cache: 2*heads*head_dim (MHA) or
+ * d_c + d_r (MLA). */
+int eng_config_kv_width(const eng_config *c);
+const char *eng_layout_name(eng_layout l);
+/* A space-separated list of preset names. */
+const char *eng_config_presets(void);
+
+#endif

@@ -1,0 +1,593 @@
+/* engine/engine.c — streams, the sampler, and the batch step (see engine.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "engine/kvpool.h"
+#include "engine/model.h"
+#include "engine/rng.h"
+#include "engine/tokenizer.h"
+#include "engine/weights.h"
+
+#define ENG_MAX_BATCH 64
+
+struct eng_stream {
+    eng_engine_t *e;
+    int slot;
+    uint64_t id, seed;
+    eng_status status;
+    char err[256];
+    /* prompt */
+    int32_t *ids, *pending_ids;
+    int prompt_pending;
+    /* sampler state */
+    int64_t chunk; /* chunk in progress */
+    int step;      /* 0..K-1 denoising, K = cache pass */
+    int in_chunk;
+    int64_t chunks_done;
+    int64_t passes; /* forward passes this stream took part in */
+    eng_noise_fn noise;
+    void *noise_user;
+    /* device state */
+    kn_tensor x, x0, v, eps, ctx_kv, prev, rgb;
+    kv_stream kv;
+    /* output */
+    uint8_t *frames_rgb;
+    eng_frames frames;
+    int frames_ready;
+};
+
+struct eng_engine {
+    eng_config c;
+    eng_options o;
+    kn_backend_t *be;
+    eng_weights w;
+    kv_pool_t *pool;
+    eng_model m;
+    kn_buffer_t *slot_buf;
+    eng_stream_t **slots;
+    int tokens_per_frame;
+    float sigma[ENG_MAX_STEPS];
+    float *hostf; /* host staging: a chunk's rgb or latent or noise, as floats */
+    size_t hostf_n;
+    uint64_t next_id;
+    eng_trace_cb trace;
+    void *trace_user;
+    char err[512];
+};
+
+const char *eng_strerror(eng_status s)
+{
+    switch (s) {
+    case ENG_OK: return "ok";
+    case ENG_ERR_ARG: return "invalid argument";
+    case ENG_ERR_LOAD: return "cannot load the model";
+    case ENG_ERR_NOMEM: return "out of memory";
+    case ENG_ERR_BACKEND: return "backend failure";
+    case ENG_ERR_POOL: return "KV pool exhausted";
+    case ENG_ERR_LIMIT: return "limit reached";
+    case ENG_ERR_STATE: return "stream failed earlier";
+    }
+    return "unknown error";
+}
+
+void eng_options_default(eng_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->window = -1;
+    o->sink = -1;
+    o->max_batch = 1;
+    o->max_streams = 1;
+    o->kv_dtype = KN_F32;
+}
+
+static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#include <stdarg.h>
+static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* The model's trace hook: download and pass on as host floats. */
+static void trace_adaptor(void *user, const char *name, kn_backend_t *be, kn_tensor t)
+{
+    eng_engine_t *e = user;
+    if (!e->trace)
+        return;
+    float *buf = malloc(sizeof(float) * (size_t)kn_nelem(t));
+    if (buf && kn_download(be, t, buf) == KN_OK)
+        e->trace(e->trace_user, name, buf, t.rows, t.cols);
+    free(buf);
+}
+
+void eng_set_trace(eng_engine_t *e, eng_trace_cb fn, void *user)
+{
+    e->trace = fn;
+    e->trace_user = user;
+    e->m.trace = fn ? trace_adaptor : NULL;
+    e->m.trace_user = e;
+}
+
+/* Per-stream device tensors, one slot each, carved from one buffer. */
+typedef struct {
+    int64_t rows, cols;
+} shp;
+
+static void slot_shapes(const eng_engine_t *e, shp s[7])
+{
+    const eng_config *c = &e->c;
+    int64_t lat = (int64_t)c->chunk_frames * c->latent_h * c->latent_w;
+    int64_t hw_out = (int64_t)eng_model_out_h(&e->m) * eng_model_out_w(&e->m);
+    s[0] = (shp){c->in_ch, lat};                                  /* x */
+    s[1] = (shp){c->in_ch, lat};                                  /* x0 */
+    s[2] = (shp){c->in_ch, lat};                                  /* v */
+    s[3] = (shp){c->in_ch, lat};                                  /* eps */
+    s[4] = (shp){(int64_t)c->layers * c->text_len, 2 * (int64_t)c->dim}; /* ctx_kv */
+    s[5] = (shp){c->in_ch, (int64_t)c->latent_h * c->latent_w};   /* prev */
+    s[6] = (shp){(int64_t)c->chunk_frames * c->dec_t_up * 3, hw_out}; /* rgb */
+}
+
+eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg, const eng_options *opt,
+                    char *err, size_t errlen)
+{
+    *out = NULL;
+    eng_options o;
+    if (opt)
+        o = *opt;
+    else
+        eng_options_default(&o);
+    eng_engine_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return fail(err, errlen, ENG_ERR_NOMEM, "engine: out of host memory");
+    eng_status st = ENG_ERR_ARG;
+    e->be = be;
+    e->c = *cfg;
+    if (o.latent_h)
+        e->c.latent_h = o.latent_h;
+    if (o.latent_w)
+        e->c.latent_w = o.latent_w;
+    if (o.window >= 0)
+        e->c.window = o.window;
+    if (o.sink >= 0)
+        e->c.sink = o.sink;
+    if (o.max_batch <= 0 || o.max_batch > ENG_MAX_BATCH || o.max_streams <= 0 || o.max_streams > 4096) {
+        fail(err, errlen, ENG_ERR_ARG, "engine: max_batch must be 1..%d and max_streams 1..4096", ENG_MAX_BATCH);
+        goto bad;
+    }
+    e->o = o;
+    if (eng_config_validate(&e->c, err, errlen))
+        goto bad;
+    const eng_config *c = &e->c;
+    e->tokens_per_frame = (c->latent_h / 2) * (c->latent_w / 2);
+    int pt = o.page_tokens ? o.page_tokens : e->tokens_per_frame;
+    if (pt <= 0 || e->tokens_per_frame % pt) {
+        fail(err, errlen, ENG_ERR_ARG, "engine: page of %d tokens does not divide a frame of %d tokens",
+             pt, e->tokens_per_frame);
+        goto bad;
+    }
+    for (int k = 0; k < c->n_steps; k++) {
+        double sg = c->steps[k] / 1000.0;
+        e->sigma[k] = (float)(c->shift * sg / (1.0 + (c->shift - 1.0) * sg));
+    }
+    if (eng_weights_load(&e->w, be, c, o.weights, o.weight_seed, err, errlen)) {
+        st = ENG_ERR_LOAD;
+        goto bad;
+    }
+    int pages_per_stream = (c->sink + c->window) * (e->tokens_per_frame / pt);
+    kv_pool_config pc = {
+        .page_tokens = pt,
+        .layers = c->layers,
+        .width = eng_config_kv_width(c),
+        .dtype = o.kv_dtype,
+        .n_pages = o.kv_pages ? o.kv_pages : pages_per_stream * o.max_streams,
+    };
+    e->pool = kv_pool_new(be, &pc, err, errlen);
+    if (!e->pool) {
+        st = ENG_ERR_NOMEM;
+        goto bad;
+    }
+    if (eng_model_init(&e->m, c, be, &e->w, e->pool, o.max_batch, c->chunk_frames, c->latent_h,
+                       c->latent_w, err, errlen)) {
+        st = ENG_ERR_NOMEM;
+        goto bad;
+    }
+    shp s[7];
+    slot_shapes(e, s);
+    size_t per = 0;
+    for (int i = 0; i < 7; i++)
+        per += kn_arena_bytes(kn_backend_compute_dtype(be), s[i].rows, s[i].cols);
+    e->slot_buf = kn_buffer_alloc(be, per * (size_t)o.max_streams);
+    e->slots = calloc((size_t)o.max_streams, sizeof *e->slots);
+    e->hostf_n = (size_t)(s[6].rows * s[6].cols);
+    if ((size_t)(s[0].rows * s[0].cols) > e->hostf_n)
+        e->hostf_n = (size_t)(s[0].rows * s[0].cols);
+    e->hostf = malloc(sizeof(float) * e->hostf_n);
+    if (!e->slot_buf || !e->slots || !e->hostf) {
+        fail(err, errlen, ENG_ERR_NOMEM, "engine: cannot allocate %d stream slots (%zu bytes each): %s",
+             o.max_streams, per, kn_backend_error(be));
+        st = ENG_ERR_NOMEM;
+        goto bad;
+    }
+    *out = e;
+    return ENG_OK;
+bad:
+    eng_close(e);
+    return st;
+}
+
+void eng_close(eng_engine_t *e)
+{
+    if (!e)
+        return;
+    if (e->slots)
+        for (int i = 0; i < e->o.max_streams; i++)
+            if (e->slots[i])
+                eng_stream_close(e->slots[i]);
+    free(e->slots);
+    free(e->hostf);
+    kn_buffer_free(e->be, e->slot_buf);
+    eng_model_free(&e->m);
+    kv_pool_free(e->pool);
+    eng_weights_free(&e->w, e->be);
+    free(e);
+}
+
+const eng_config *eng_get_config(const eng_engine_t *e) { return &e->c; }
+const char *eng_error(const eng_engine_t *e) { return e->err; }
+int eng_video_width(const eng_engine_t *e) { return eng_model_out_w(&e->m); }
+int eng_video_height(const eng_engine_t *e) { return eng_model_out_h(&e->m); }
+int eng_frames_per_chunk(const eng_engine_t *e) { return e->c.chunk_frames * e->c.dec_t_up; }
+double eng_kv_bytes_per_token_layer(const eng_engine_t *e) { return kv_pool_bytes_per_token_layer(e->pool); }
+size_t eng_kv_bytes_per_frame(const eng_engine_t *e)
+{
+    return kv_pool_page_bytes(e->pool) * (size_t)(e->tokens_per_frame / kv_pool_cfg(e->pool)->page_tokens);
+}
+size_t eng_kv_pool_bytes(const eng_engine_t *e)
+{
+    return kv_pool_page_bytes(e->pool) * (size_t)kv_pool_n_pages(e->pool);
+}
+size_t eng_kv_pool_free_bytes(const eng_engine_t *e)
+{
+    return kv_pool_page_bytes(e->pool) * (size_t)kv_pool_n_free(e->pool);
+}
+int64_t eng_weight_params(const eng_engine_t *e) { return e->w.n_params; }
+
+/* ---- streams ----------------------------------------------------------------------------------- */
+
+static void stream_fail(eng_stream_t *s, eng_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void stream_fail(eng_stream_t *s, eng_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->err, sizeof s->err, fmt, ap);
+    va_end(ap);
+    s->status = st;
+    if (s->in_chunk)
+        kv_stream_abort_chunk(&s->kv);
+    s->in_chunk = 0;
+}
+
+static void default_noise(void *user, uint64_t seed, uint32_t chunk, uint32_t draw, float *out, size_t n)
+{
+    eng_noise(seed, chunk, draw, out, n);
+}
+
+eng_status eng_stream_open(eng_engine_t *e, uint64_t seed, const char *prompt, eng_stream_t **out)
+{
+    *out = NULL;
+    int slot = -1;
+    for (int i = 0; i < e->o.max_streams && slot < 0; i++)
+        if (!e->slots[i])
+            slot = i;
+    if (slot < 0)
+        return fail(e->err, sizeof e->err, ENG_ERR_LIMIT, "engine: all %d stream slots are in use",
+                    e->o.max_streams);
+    const eng_config *c = &e->c;
+    eng_stream_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return fail(e->err, sizeof e->err, ENG_ERR_NOMEM, "engine: out of host memory");
+    s->e = e;
+    s->slot = slot;
+    s->id = ++e->next_id;
+    s->seed = seed;
+    s->noise = default_noise;
+    s->ids = calloc((size_t)c->text_len, sizeof(int32_t));
+    s->pending_ids = calloc((size_t)c->text_len, sizeof(int32_t));
+    size_t nrgb = (size_t)eng_frames_per_chunk(e) * (size_t)eng_video_width(e) * (size_t)eng_video_height(e) * 3;
+    s->frames_rgb = malloc(nrgb);
+    char kerr[256];
+    if (!s->ids || !s->pending_ids || !s->frames_rgb ||
+        kv_stream_init(&s->kv, e->pool, e->tokens_per_frame, c->sink, c->window, c->chunk_frames, kerr,
+                       sizeof kerr)) {
+        free(s->ids);
+        free(s->pending_ids);
+        free(s->frames_rgb);
+        free(s);
+        return fail(e->err, sizeof e->err, ENG_ERR_NOMEM, "engine: cannot open a stream");
+    }
+    /* carve this slot's tensors */
+    shp sh[7];
+    slot_shapes(e, sh);
+    size_t per = kn_buffer_size(e->slot_buf) / (size_t)e->o.max_streams;
+    kn_arena a = {.buf = e->slot_buf, .size = per * (size_t)(slot + 1), .used = per * (size_t)slot};
+    kn_tensor *dst[7] = {&s->x, &s->x0, &s->v, &s->eps, &s->ctx_kv, &s->prev, &s->rgb};
+    kn_dtype dt = kn_backend_compute_dtype(e->be);
+    for (int i = 0; i < 7; i++)
+        kn_arena_tensor(&a, dst[i], dt, sh[i].rows, sh[i].cols); /* sized above: cannot fail */
+    float *z = calloc((size_t)(sh[5].rows * sh[5].cols), sizeof(float));
+    kn_status ks = z ? kn_upload(e->be, s->prev, z, KN_F32) : KN_ERR_NOMEM;
+    free(z);
+    e->slots[slot] = s;
+    *out = s;
+    if (ks != KN_OK) {
+        eng_stream_close(s);
+        *out = NULL;
+        return fail(e->err, sizeof e->err, ENG_ERR_BACKEND, "engine: stream init: %s", kn_backend_error(e->be));
+    }
+    return eng_stream_set_prompt(s, prompt ? prompt : "");
+}
+
+void eng_stream_close(eng_stream_t *s)
+{
+    if (!s)
+        return;
+    kv_stream_free(&s->kv);
+    s->e->slots[s->slot] = NULL;
+    free(s->ids);
+    free(s->pending_ids);
+    free(s->frames_rgb);
+    free(s);
+}
+
+uint64_t eng_stream_id(const eng_stream_t *s) { return s->id; }
+eng_status eng_stream_status(const eng_stream_t *s) { return s->status; }
+const char *eng_stream_error(const eng_stream_t *s) { return s->err; }
+int64_t eng_stream_chunks_done(const eng_stream_t *s) { return s->chunks_done; }
+
+eng_status eng_stream_set_prompt(eng_stream_t *s, const char *prompt)
+{
+    const eng_config *c = &s->e->c;
+    eng_tokenize(prompt, prompt ? strlen(prompt) : 0, c->vocab, s->pending_ids, c->text_len);
+    s->prompt_pending = 1;
+    return ENG_OK;
+}
+
+eng_status eng_stream_set_prompt_tokens(eng_stream_t *s, const int32_t *ids, int n)
+{
+    const eng_config *c = &s->e->c;
+    if (n < 0 || n > c->text_len)
+        return ENG_ERR_ARG;
+    for (int i = 0; i < c->text_len; i++) {
+        int32_t id = i < n ? ids[i] : 0;
+        if (id < 0 || id >= c->vocab)
+            return ENG_ERR_ARG;
+        s->pending_ids[i] = id;
+    }
+    s->prompt_pending = 1;
+    return ENG_OK;
+}
+
+void eng_stream_set_noise(eng_stream_t *s, eng_noise_fn fn, void *user)
+{
+    s->noise = fn ? fn : default_noise;
+    s->noise_user = user;
+}
+
+size_t eng_stream_kv_bytes(const eng_stream_t *s)
+{
+    return (size_t)kv_stream_pages(&s->kv) * kv_pool_page_bytes(s->e->pool);
+}
+
+size_t eng_stream_kv_bytes_max(const eng_stream_t *s)
+{
+    return (size_t)(s->kv.sink + s->kv.window) * eng_kv_bytes_per_frame(s->e);
+}
+
+static size_t latent_n(const eng_engine_t *e)
+{
+    return (size_t)e->c.in_ch * (size_t)e->c.chunk_frames * (size_t)e->c.latent_h * (size_t)e->c.latent_w;
+}
+
+/* Draw noise (chunk, draw) into s->eps. */
+static kn_status load_noise(eng_stream_t *s, uint32_t draw)
+{
+    eng_engine_t *e = s->e;
+    size_t n = latent_n(e);
+    s->noise(s->noise_user, s->seed, (uint32_t)s->chunk, draw, e->hostf, n);
+    return kn_upload(e->be, s->eps, e->hostf, KN_F32);
+}
+
+/* Start the stream's next chunk: prompt switch, frame limit, pages, initial noise. */
+static eng_status begin_chunk(eng_stream_t *s)
+{
+    eng_engine_t *e = s->e;
+    const eng_config *c = &e->c;
+    if (s->prompt_pending) {
+        if (eng_model_context(&e->m, s->pending_ids, s->ctx_kv) != KN_OK) {
+            stream_fail(s, ENG_ERR_BACKEND, "prompt: %s", kn_backend_error(e->be));
+            return s->status;
+        }
+        memcpy(s->ids, s->pending_ids, sizeof(int32_t) * (size_t)c->text_len);
+        s->prompt_pending = 0;
+    }
+    int64_t f0 = s->chunk * c->chunk_frames;
+    if (f0 + c->chunk_frames > c->max_frames) {
+        stream_fail(s, ENG_ERR_LIMIT, "stream reached the model's %d latent frames", c->max_frames);
+        return s->status;
+    }
+    if (kv_stream_begin_chunk(&s->kv, (int)f0)) {
+        snprintf(s->err, sizeof s->err, "KV pool exhausted (%d of %d pages free)",
+                 kv_pool_n_free(e->pool), kv_pool_n_pages(e->pool));
+        return ENG_ERR_POOL; /* not sticky: the stream may run once pages are free */
+    }
+    s->in_chunk = 1;
+    if (load_noise(s, 0) != KN_OK || kn_copy(e->be, s->x, s->eps) != KN_OK) {
+        stream_fail(s, ENG_ERR_BACKEND, "noise: %s", kn_backend_error(e->be));
+        return s->status;
+    }
+    return ENG_OK;
+}
+
+/* Decode x0 into the stream's frame buffer. */
+static kn_status decode_chunk(eng_stream_t *s)
+{
+    eng_engine_t *e = s->e;
+    const eng_config *c = &e->c;
+    kn_status ks = eng_model_decode(&e->m, s->x0, s->prev, s->rgb);
+    if (ks == KN_OK)
+        ks = kn_download(e->be, s->rgb, e->hostf);
+    if (ks != KN_OK)
+        return ks;
+    int W = eng_video_width(e), H = eng_video_height(e), nf = eng_frames_per_chunk(e);
+    size_t hw = (size_t)W * H;
+    for (int f = 0; f < nf; f++)
+        for (size_t p = 0; p < hw; p++)
+            for (int ch = 0; ch < 3; ch++) {
+                float v = e->hostf[((size_t)f * 3 + ch) * hw + p];
+                s->frames_rgb[((size_t)f * hw + p) * 3 + ch] = (uint8_t)lrintf(v * 255.0f);
+            }
+    s->frames = (eng_frames){
+        .stream_id = s->id,
+        .chunk = s->chunk,
+        .frame0 = s->chunk * nf,
+        .n_frames = nf,
+        .width = W,
+        .height = H,
+        .fps = c->fps,
+        .rgb = s->frames_rgb,
+    };
+    s->frames_ready = 1;
+    s->chunks_done++;
+    return KN_OK;
+}
+
+eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n)
+{
+    const eng_config *c = &e->c;
+    if (n <= 0 || n > e->o.max_batch)
+        return fail(e->err, sizeof e->err, ENG_ERR_ARG, "step: %d streams (max_batch %d)", n, e->o.max_batch);
+    for (int i = 0; i < n; i++) {
+        if (!streams[i] || streams[i]->e != e)
+            return fail(e->err, sizeof e->err, ENG_ERR_ARG, "step: stream %d is not of this engine", i);
+        for (int j = 0; j < i; j++)
+            if (streams[j] == streams[i])
+                return fail(e->err, sizeof e->err, ENG_ERR_ARG, "step: stream listed twice");
+    }
+    eng_fwd_item it[ENG_MAX_BATCH];
+    eng_stream_t *run[ENG_MAX_BATCH];
+    int nr = 0, cache_only = 1;
+    for (int i = 0; i < n; i++) {
+        eng_stream_t *s = streams[i];
+        if (s->status != ENG_OK)
+            continue;
+        if (!s->in_chunk && begin_chunk(s) != ENG_OK)
+            continue;
+        int denoise = s->step < c->n_steps;
+        it[nr] = (eng_fwd_item){
+            .lat = denoise ? s->x : s->x0,
+            .out = s->v,
+            .t = denoise ? e->sigma[s->step] * 1000.0f : 0.0f,
+            .f0 = (int)(s->chunk * c->chunk_frames),
+            .cache = &s->kv,
+            .ctx_kv = s->ctx_kv,
+        };
+        cache_only &= !denoise;
+        run[nr++] = s;
+    }
+    if (nr == 0)
+        return ENG_OK;
+    if (eng_model_forward(&e->m, it, nr, cache_only) != KN_OK) {
+        for (int i = 0; i < nr; i++)
+            stream_fail(run[i], ENG_ERR_BACKEND, "forward: %s", kn_backend_error(e->be));
+        return fail(e->err, sizeof e->err, ENG_ERR_BACKEND, "forward: %s", kn_backend_error(e->be));
+    }
+    for (int i = 0; i < nr; i++) {
+        eng_stream_t *s = run[i];
+        kn_status ks = KN_OK;
+        s->passes++;
+        if (s->step < c->n_steps) {
+            float sg = e->sigma[s->step];
+            ks = kn_axpby(e->be, s->x0, 1.0f, s->x, -sg, &s->v); /* x0 = x - sigma * v */
+            if (ks == KN_OK && s->step + 1 < c->n_steps) {
+                float sn = e->sigma[s->step + 1];
+                ks = load_noise(s, (uint32_t)(s->step + 1));
+                if (ks == KN_OK) /* x = (1 - sigma_next) * x0 + sigma_next * eps */
+                    ks = kn_axpby(e->be, s->x, 1.0f - sn, s->x0, sn, &s->eps);
+            } else if (ks == KN_OK) {
+                ks = decode_chunk(s);
+            }
+            s->step++;
+        } else {
+            kv_stream_end_chunk(&s->kv);
+            s->in_chunk = 0;
+            s->chunk++;
+            s->step = 0;
+        }
+        if (ks != KN_OK)
+            stream_fail(s, ENG_ERR_BACKEND, "sampler: %s", kn_backend_error(e->be));
+    }
+    return ENG_OK;
+}
+
+eng_status eng_generate_chunk(eng_engine_t *e, eng_stream_t *const *streams, int n)
+{
+    if (n <= 0 || n > e->o.max_batch)
+        return fail(e->err, sizeof e->err, ENG_ERR_ARG, "generate: %d streams (max_batch %d)", n, e->o.max_batch);
+    int64_t target[ENG_MAX_BATCH];
+    for (int i = 0; i < n; i++)
+        target[i] = streams[i]->chunk + 1;
+    for (;;) {
+        eng_stream_t *todo[ENG_MAX_BATCH];
+        int nt = 0;
+        for (int i = 0; i < n; i++)
+            if (streams[i]->status == ENG_OK && streams[i]->chunk < target[i])
+                todo[nt++] = streams[i];
+        if (nt == 0)
+            break;
+        int64_t before = 0;
+        for (int i = 0; i < nt; i++)
+            before += todo[i]->passes;
+        eng_status st = eng_step(e, todo, nt);
+        if (st != ENG_OK)
+            return st;
+        int64_t after = 0;
+        for (int i = 0; i < nt; i++)
+            after += todo[i]->passes;
+        for (int i = 0; i < nt; i++)
+            if (todo[i]->status != ENG_OK)
+                return fail(e->err, sizeof e->err, todo[i]->status, "%s", todo[i]->err);
+        if (after == before) { /* nothing could run: the pool is exhausted */
+            for (int i = 0; i < nt; i++)
+                if (todo[i]->err[0])
+                    return fail(e->err, sizeof e->err, ENG_ERR_POOL, "%s", todo[i]->err);
+            return fail(e->err, sizeof e->err, ENG_ERR_POOL, "generate: no progress");
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (streams[i]->status != ENG_OK)
+            return fail(e->err, sizeof e->err, streams[i]->status, "%s", streams[i]->err);
+    return ENG_OK;
+}
+
+const eng_frames *eng_stream_take_frames(eng_stream_t *s)
+{
+    if (!s->frames_ready)
+        return NULL;
+    s->frames_ready = 0;
+    return &s->frames;
+}
+
+eng_status eng_stream_last_latent(eng_stream_t *s, float *dst, size_t n)
+{
+    if (n != latent_n(s->e))
+        return ENG_ERR_ARG;
+    return kn_download(s->e->be, s->x0, dst) == KN_OK ? ENG_OK : ENG_ERR_BACKEND;
+}

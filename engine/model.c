@@ -1,0 +1,418 @@
+/* engine/model.c — the DiT forward, the text path and the decoder, as sequences of backend ops.
+ *
+ * Shapes in comments: B streams in the batch, N tokens a chunk, Nt = B*N, D = dim, H heads,
+ * dh head dim, dc/dr the MLA latent and RoPE widths. Equations are those of docs/MODEL.md.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/model.h"
+
+#define TRY(expr)                                                                                 \
+    do {                                                                                          \
+        kn_status st_ = (expr);                                                                   \
+        if (st_ != KN_OK)                                                                         \
+            return st_;                                                                           \
+    } while (0)
+
+int eng_model_out_h(const eng_model *m) { return m->h << m->c->dec_up; }
+int eng_model_out_w(const eng_model *m) { return m->wd << m->c->dec_up; }
+
+/* Every activation, in one list: sized once, carved once. */
+typedef struct {
+    kn_tensor *t;
+    int64_t rows, cols;
+} act;
+
+static int acts(eng_model *m, act *a)
+{
+    const eng_config *c = m->c;
+    int64_t B = m->max_batch, Nt = B * m->N, D = c->dim, H = c->heads, dh = c->head_dim;
+    int64_t hw_out = (int64_t)eng_model_out_h(m) * eng_model_out_w(m), hw = (int64_t)m->h * m->wd;
+    int n = 0;
+#define A(field, r, cc) a[n++] = (act){&m->field, (r), (cc)}
+    A(sin, B, c->freq_dim);
+    A(e_h, B, D);
+    A(e, B, D);
+    A(es, B, D);
+    A(e0, B, 6 * D);
+    A(mod, B * 6, D);
+    A(hmod, B * 2, D);
+    A(tok, Nt, 4 * c->in_ch);
+    A(x, Nt, D);
+    A(xn, Nt, D);
+    A(q, Nt, (H * dh > D ? H * dh : D));
+    A(att, Nt, (H * dh > D ? H * dh : D));
+    A(y, Nt, D);
+    A(ff, Nt, c->ffn_dim);
+    A(hout, Nt, 4 * c->in_ch);
+    if (c->layout == ENG_LAYOUT_MHA) {
+        A(k, Nt, D);
+        A(v, Nt, D);
+    } else {
+        A(qr, Nt, H * c->d_r);
+        A(ckv, Nt, c->d_c);
+        A(kr, Nt, c->d_r);
+        A(qt, Nt, H * c->d_c);
+        A(qa, Nt, H * (c->d_c + c->d_r));
+        A(olat, Nt, H * c->d_c);
+    }
+    A(ctx_in, c->text_len, c->text_dim);
+    A(ctx_h, c->text_len, D);
+    A(ctx, c->text_len, D);
+    A(zero_row, 1, c->text_dim);
+    A(d_cat, 2 * c->in_ch, hw);
+    A(d_a, c->dec_ch, hw_out);
+    A(d_b, c->dec_ch, hw_out);
+    A(d_o, 3 * c->dec_t_up, hw_out);
+    A(d_half, 1, 3 * c->dec_t_up);
+#undef A
+    return n;
+}
+
+int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const eng_weights *w,
+                   kv_pool_t *pool, int max_batch, int F, int h, int wd, char *err, size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    m->c = c;
+    m->be = be;
+    m->w = w;
+    m->pool = pool;
+    m->max_batch = max_batch;
+    m->F = F;
+    m->h = h;
+    m->wd = wd;
+    m->N = F * (h / 2) * (wd / 2);
+    act a[64];
+    int n = acts(m, a);
+    kn_dtype dt = kn_backend_compute_dtype(be);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        size_t b = kn_arena_bytes(dt, a[i].rows, a[i].cols);
+        if (b == SIZE_MAX || total > SIZE_MAX - b) {
+            snprintf(err, errlen, "activations: size overflows");
+            return -1;
+        }
+        total += b;
+    }
+    m->buf = kn_buffer_alloc(be, total);
+    if (!m->buf) {
+        snprintf(err, errlen, "activations: cannot allocate %zu bytes on %s: %s", total,
+                 kn_backend_name(be), kn_backend_error(be));
+        return -1;
+    }
+    kn_arena ar;
+    kn_arena_init(&ar, m->buf);
+    for (int i = 0; i < n; i++)
+        if (kn_arena_tensor(&ar, a[i].t, dt, a[i].rows, a[i].cols)) {
+            snprintf(err, errlen, "activations: arena overflow (internal)");
+            eng_model_free(m);
+            return -1;
+        }
+    /* constants */
+    float zeros[4096] = {0}, half[64];
+    if (c->text_dim > 4096 || 3 * c->dec_t_up > 64) {
+        snprintf(err, errlen, "activations: text_dim or decoder outputs too wide");
+        eng_model_free(m);
+        return -1;
+    }
+    for (int i = 0; i < 64; i++)
+        half[i] = 0.5f;
+    if (kn_upload(be, m->zero_row, zeros, KN_F32) || kn_upload(be, m->d_half, half, KN_F32)) {
+        snprintf(err, errlen, "activations: upload: %s", kn_backend_error(be));
+        eng_model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+void eng_model_free(eng_model *m)
+{
+    if (m->buf)
+        kn_buffer_free(m->be, m->buf);
+    m->buf = NULL;
+}
+
+static const kn_tensor *bias(const eng_linear *l) { return l->b.buf ? &l->b : NULL; }
+
+static kn_status linear(eng_model *m, kn_tensor y, kn_tensor x, const eng_linear *l)
+{
+    return kn_linear(m->be, y, x, l->w, bias(l));
+}
+
+static void trace(eng_model *m, const char *name, kn_tensor t)
+{
+    if (m->trace)
+        m->trace(m->trace_user, name, m->be, t);
+}
+
+/* ---- self-attention ----------------------------------------------------------------------------
+ * Per-head: q, k after RMSNorm over the full width then RoPE; k, v stored in the chunk's pages;
+ * attention over the context + chunk pages.
+ * Latent: the cache holds c (dc) and k_r (dr) per token. The query absorbs k_up:
+ *   q~_h = q_c,h @ k_up[h rows]   (so q~_h . c = q_c,h . (k_up[h rows] @ c) = q_c,h . k_c,h)
+ * and each head's query [q~_h | q_r,h] meets the one shared key [c | k_r] (multi-query attention,
+ * scale 1/sqrt(dh + dr)); the latent output o_h = sum p c is mapped by v_up[h rows]. */
+static kn_status self_attention(eng_model *m, const eng_block_weights *B, int layer,
+                                const eng_fwd_item *it, int n, kn_tensor xn, kn_tensor out)
+{
+    const eng_config *c = m->c;
+    kn_backend_t *be = m->be;
+    int H = c->heads, dh = c->head_dim, N = m->N, gh = m->h / 2, gw = m->wd / 2;
+    int64_t Nt = (int64_t)n * N, D = c->dim;
+    if (c->layout == ENG_LAYOUT_MHA) {
+        kn_tensor q = kn_rows(m->q, 0, Nt), k = kn_rows(m->k, 0, Nt), v = kn_rows(m->v, 0, Nt);
+        TRY(linear(m, q, xn, &B->q));
+        TRY(kn_rmsnorm(be, q, q, B->norm_q, c->eps));
+        TRY(linear(m, k, xn, &B->k));
+        TRY(kn_rmsnorm(be, k, k, B->norm_k, c->eps));
+        TRY(linear(m, v, xn, &B->v));
+        kn_tensor att = kn_rows(m->att, 0, Nt);
+        for (int b = 0; b < n; b++) {
+            kn_tensor qb = kn_rows(q, (int64_t)b * N, N), kb = kn_rows(k, (int64_t)b * N, N);
+            TRY(kn_rope3d(be, qb, H, it[b].f0, m->F, gh, gw, c->rope_theta));
+            TRY(kn_rope3d(be, kb, H, it[b].f0, m->F, gh, gw, c->rope_theta));
+            kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
+            kv.kv_heads = H;
+            kv.dk = kv.dv = dh;
+            kv.k_off = 0;
+            kv.v_off = D;
+            int64_t t0 = kv_stream_context_tokens(it[b].cache);
+            TRY(kn_kv_store(be, &kv, t0, 0, kb));
+            TRY(kn_kv_store(be, &kv, t0, D, kn_rows(v, (int64_t)b * N, N)));
+            TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), qb, &kv, H, 1.0f / sqrtf((float)dh)));
+        }
+        return linear(m, out, att, &B->o);
+    }
+    int dc = c->d_c, dr = c->d_r;
+    kn_tensor qc = kn_cols(kn_rows(m->q, 0, Nt), 0, (int64_t)H * dh);
+    kn_tensor qr = kn_rows(m->qr, 0, Nt), ckv = kn_rows(m->ckv, 0, Nt), kr = kn_rows(m->kr, 0, Nt);
+    kn_tensor qt = kn_rows(m->qt, 0, Nt), qa = kn_rows(m->qa, 0, Nt), olat = kn_rows(m->olat, 0, Nt);
+    TRY(linear(m, qc, xn, &B->q));
+    TRY(kn_rmsnorm(be, qc, qc, B->norm_q, c->eps));
+    TRY(linear(m, qr, xn, &B->q_rope));
+    TRY(kn_rmsnorm(be, qr, qr, B->norm_q_rope, c->eps));
+    TRY(linear(m, ckv, xn, &B->kv_down));
+    TRY(kn_rmsnorm(be, ckv, ckv, B->norm_kv, c->eps));
+    TRY(linear(m, kr, xn, &B->k_rope));
+    TRY(kn_rmsnorm(be, kr, kr, B->norm_k_rope, c->eps));
+    TRY(kn_matmul_heads(be, qt, qc, B->k_up, H, KN_HEADS_XW)); /* [Nt, H*dc] */
+    for (int b = 0; b < n; b++) {
+        TRY(kn_rope3d(be, kn_rows(qr, (int64_t)b * N, N), H, it[b].f0, m->F, gh, gw, c->rope_theta));
+        TRY(kn_rope3d(be, kn_rows(kr, (int64_t)b * N, N), 1, it[b].f0, m->F, gh, gw, c->rope_theta));
+    }
+    for (int h = 0; h < H; h++) { /* qa[:, h] = [q~_h | q_r,h] */
+        TRY(kn_copy(be, kn_cols(qa, (int64_t)h * (dc + dr), dc), kn_cols(qt, (int64_t)h * dc, dc)));
+        TRY(kn_copy(be, kn_cols(qa, (int64_t)h * (dc + dr) + dc, dr), kn_cols(qr, (int64_t)h * dr, dr)));
+    }
+    for (int b = 0; b < n; b++) {
+        kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
+        kv.kv_heads = 1;
+        kv.dk = dc + dr;
+        kv.dv = dc;
+        kv.k_off = 0;
+        kv.v_off = 0;
+        int64_t t0 = kv_stream_context_tokens(it[b].cache);
+        TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(ckv, (int64_t)b * N, N)));
+        TRY(kn_kv_store(be, &kv, t0, dc, kn_rows(kr, (int64_t)b * N, N)));
+        TRY(kn_attention(be, kn_rows(olat, (int64_t)b * N, N), kn_rows(qa, (int64_t)b * N, N), &kv, H,
+                         1.0f / sqrtf((float)(dh + dr))));
+    }
+    kn_tensor att = kn_cols(kn_rows(m->att, 0, Nt), 0, (int64_t)H * dh);
+    TRY(kn_matmul_heads(be, att, olat, B->v_up, H, KN_HEADS_XWT)); /* [Nt, H*dh] */
+    return linear(m, out, att, &B->o);
+}
+
+/* The keys and values of a stream's prompt for one layer: [text_len, 2D] = [k | v]. */
+static kn_kv ctx_kv_source(const eng_model *m, kn_tensor ctx_kv, int layer)
+{
+    const eng_config *c = m->c;
+    kn_tensor lk = kn_rows(ctx_kv, (int64_t)layer * c->text_len, c->text_len);
+    kn_kv kv;
+    memset(&kv, 0, sizeof kv);
+    kv.buf = lk.buf;
+    kv.dtype = lk.dtype;
+    kv.off = lk.off;
+    kv.row_stride = lk.ld;
+    kv.n_tokens = c->text_len;
+    kv.kv_heads = c->heads;
+    kv.dk = kv.dv = c->dim / c->heads;
+    kv.k_off = 0;
+    kv.v_off = c->dim;
+    return kv;
+}
+
+kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cache_only)
+{
+    const eng_config *c = m->c;
+    const eng_weights *w = m->w;
+    kn_backend_t *be = m->be;
+    int N = m->N;
+    int64_t Nt = (int64_t)n * N, D = c->dim;
+    if (n <= 0 || n > m->max_batch)
+        return KN_ERR_ARG; /* the engine checks the batch size before calling */
+
+    /* timestep: e = time_embedding(sinusoid(t)), e0 = time_projection(silu(e)) per stream */
+    float ts[64];
+    if (n > 64)
+        return KN_ERR_ARG;
+    for (int b = 0; b < n; b++)
+        ts[b] = it[b].t;
+    kn_tensor sin = kn_rows(m->sin, 0, n), e_h = kn_rows(m->e_h, 0, n), e = kn_rows(m->e, 0, n);
+    kn_tensor es = kn_rows(m->es, 0, n), e0 = kn_rows(m->e0, 0, n);
+    TRY(kn_timestep_embed(be, sin, ts, n));
+    TRY(linear(m, e_h, sin, &w->time0));
+    TRY(kn_silu(be, e_h, e_h));
+    TRY(linear(m, e, e_h, &w->time2));
+    TRY(kn_silu(be, es, e));
+    TRY(linear(m, e0, es, &w->time_proj));
+    trace(m, "sin", kn_rows(sin, 0, 1));
+    trace(m, "e", kn_rows(e, 0, 1));
+    trace(m, "e0", kn_rows(e0, 0, 1));
+
+    /* patch embedding */
+    kn_tensor tok = kn_rows(m->tok, 0, Nt), x = kn_rows(m->x, 0, Nt), xn = kn_rows(m->xn, 0, Nt);
+    kn_tensor y = kn_rows(m->y, 0, Nt), ff = kn_rows(m->ff, 0, Nt);
+    for (int b = 0; b < n; b++)
+        TRY(kn_patchify(be, kn_rows(tok, (int64_t)b * N, N), it[b].lat, c->in_ch, m->F, m->h, m->wd));
+    TRY(linear(m, x, tok, &w->patch));
+    trace(m, "patch", kn_rows(x, 0, N));
+
+    for (int l = 0; l < c->layers; l++) {
+        const eng_block_weights *B = &w->blocks[l];
+        /* mod_b = modulation + e0_b: rows shift1, scale1, gate1, shift2, scale2, gate2 */
+        for (int b = 0; b < n; b++) {
+            kn_tensor e0b = kn_reshape(kn_rows(e0, b, 1), 6, D);
+            TRY(kn_axpby(be, kn_rows(m->mod, 6 * b, 6), 1.0f, B->modulation, 1.0f, &e0b));
+        }
+#define MOD(b, i) kn_rows(m->mod, 6 * (b) + (i), 1)
+        /* x += SA(LN(x) * (1 + scale1) + shift1) * gate1 */
+        TRY(kn_layernorm(be, xn, x, NULL, NULL, c->eps));
+        for (int b = 0; b < n; b++) {
+            kn_tensor xb = kn_rows(xn, (int64_t)b * N, N);
+            TRY(kn_modulate(be, xb, xb, MOD(b, 0), MOD(b, 1)));
+        }
+        TRY(self_attention(m, B, l, it, n, xn, y));
+        if (cache_only && l == c->layers - 1)
+            break; /* the last layer's keys are written: nothing after them is needed */
+        for (int b = 0; b < n; b++) {
+            kn_tensor g = MOD(b, 2);
+            TRY(kn_gate_add(be, kn_rows(x, (int64_t)b * N, N), kn_rows(y, (int64_t)b * N, N), &g));
+        }
+        /* x += CA(norm3(x), ctx) */
+        kn_tensor q = kn_cols(kn_rows(m->q, 0, Nt), 0, D), att = kn_cols(kn_rows(m->att, 0, Nt), 0, D);
+        TRY(kn_layernorm(be, xn, x, &B->norm3_w, &B->norm3_b, c->eps));
+        TRY(linear(m, q, xn, &B->cq));
+        TRY(kn_rmsnorm(be, q, q, B->cnorm_q, c->eps));
+        for (int b = 0; b < n; b++) {
+            kn_kv kv = ctx_kv_source(m, it[b].ctx_kv, l);
+            TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), kn_rows(q, (int64_t)b * N, N), &kv,
+                             c->heads, 1.0f / sqrtf((float)(D / c->heads))));
+        }
+        TRY(linear(m, y, att, &B->co));
+        TRY(kn_gate_add(be, x, y, NULL));
+        /* x += FFN(LN(x) * (1 + scale2) + shift2) * gate2 */
+        TRY(kn_layernorm(be, xn, x, NULL, NULL, c->eps));
+        for (int b = 0; b < n; b++) {
+            kn_tensor xb = kn_rows(xn, (int64_t)b * N, N);
+            TRY(kn_modulate(be, xb, xb, MOD(b, 3), MOD(b, 4)));
+        }
+        TRY(linear(m, ff, xn, &B->ffn0));
+        TRY(kn_gelu_tanh(be, ff, ff));
+        TRY(linear(m, y, ff, &B->ffn2));
+        for (int b = 0; b < n; b++) {
+            kn_tensor g = MOD(b, 5);
+            TRY(kn_gate_add(be, kn_rows(x, (int64_t)b * N, N), kn_rows(y, (int64_t)b * N, N), &g));
+        }
+#undef MOD
+        if (m->trace) {
+            char name[32];
+            snprintf(name, sizeof name, "block.%d", l);
+            trace(m, name, kn_rows(x, 0, N));
+        }
+    }
+    if (cache_only)
+        return KN_OK;
+
+    /* head: shift, scale = head.modulation + e; out = head(LN(x) * (1 + scale) + shift) */
+    kn_tensor hout = kn_rows(m->hout, 0, Nt);
+    TRY(kn_layernorm(be, xn, x, NULL, NULL, c->eps));
+    for (int b = 0; b < n; b++) {
+        kn_tensor eb = kn_rows(e, b, 1);
+        for (int i = 0; i < 2; i++)
+            TRY(kn_axpby(be, kn_rows(m->hmod, 2 * b + i, 1), 1.0f, kn_rows(w->head_mod, i, 1), 1.0f, &eb));
+        kn_tensor xb = kn_rows(xn, (int64_t)b * N, N);
+        TRY(kn_modulate(be, xb, xb, kn_rows(m->hmod, 2 * b, 1), kn_rows(m->hmod, 2 * b + 1, 1)));
+    }
+    TRY(linear(m, hout, xn, &w->head));
+    trace(m, "head", kn_rows(hout, 0, N));
+    for (int b = 0; b < n; b++)
+        TRY(kn_unpatchify(be, it[b].out, kn_rows(hout, (int64_t)b * N, N), c->in_ch, m->F, m->h, m->wd));
+    return KN_OK;
+}
+
+kn_status eng_model_context(eng_model *m, const int32_t *ids, kn_tensor ctx_kv)
+{
+    const eng_config *c = m->c;
+    const eng_weights *w = m->w;
+    kn_backend_t *be = m->be;
+    int64_t D = c->dim, L = c->text_len;
+    for (int64_t i = 0; i < L; i++) {
+        kn_tensor dst = kn_rows(m->ctx_in, i, 1);
+        if (ids[i] <= 0 || ids[i] >= c->vocab)
+            TRY(kn_copy(be, dst, m->zero_row)); /* padding (and anything out of range) */
+        else
+            TRY(kn_copy(be, dst, kn_rows(w->embed, ids[i], 1)));
+    }
+    TRY(linear(m, m->ctx_h, m->ctx_in, &w->text0));
+    TRY(kn_gelu_tanh(be, m->ctx_h, m->ctx_h));
+    TRY(linear(m, m->ctx, m->ctx_h, &w->text2));
+    trace(m, "ctx", m->ctx);
+    for (int l = 0; l < c->layers; l++) {
+        const eng_block_weights *B = &w->blocks[l];
+        kn_tensor rows = kn_rows(ctx_kv, (int64_t)l * L, L);
+        kn_tensor k = kn_cols(rows, 0, D), v = kn_cols(rows, D, D);
+        TRY(linear(m, k, m->ctx, &B->ck));
+        TRY(kn_rmsnorm(be, k, k, B->cnorm_k, c->eps));
+        TRY(linear(m, v, m->ctx, &B->cv));
+    }
+    return KN_OK;
+}
+
+kn_status eng_model_decode(eng_model *m, kn_tensor lat, kn_tensor prev, kn_tensor rgb)
+{
+    const eng_config *c = m->c;
+    const eng_weights *w = m->w;
+    kn_backend_t *be = m->be;
+    int C = c->in_ch, h = m->h, wd = m->wd, hw = h * wd, T = c->dec_t_up;
+    int64_t hw_out = (int64_t)eng_model_out_h(m) * eng_model_out_w(m);
+    for (int f = 0; f < m->F; f++) {
+        kn_tensor z = kn_cols(lat, (int64_t)f * hw, hw); /* [C, hw] */
+        TRY(kn_row_affine(be, kn_rows(m->d_cat, 0, C), prev, w->lat_std, w->lat_mean));
+        TRY(kn_row_affine(be, kn_rows(m->d_cat, C, C), z, w->lat_std, w->lat_mean));
+        /* ping-pong: the current activation always ends in d_b; d_a holds the conv inputs */
+        kn_tensor a = kn_cols(m->d_a, 0, hw), cur = kn_cols(m->d_b, 0, hw);
+        TRY(kn_conv2d3x3(be, a, m->d_cat, w->dec_in.w, bias(&w->dec_in), h, wd));
+        TRY(kn_silu(be, a, a));
+        TRY(kn_conv2d3x3(be, cur, a, w->dec_mid.w, bias(&w->dec_mid), h, wd));
+        TRY(kn_silu(be, cur, cur));
+        int H = h, W = wd;
+        for (int i = 0; i < c->dec_up; i++) {
+            kn_tensor up = kn_cols(m->d_a, 0, (int64_t)4 * H * W);
+            TRY(kn_upsample2x(be, up, cur, H, W));
+            H *= 2;
+            W *= 2;
+            cur = kn_cols(m->d_b, 0, (int64_t)H * W);
+            TRY(kn_conv2d3x3(be, cur, up, w->dec_up[i].w, bias(&w->dec_up[i]), H, W));
+            TRY(kn_silu(be, cur, cur));
+        }
+        kn_tensor o = kn_cols(m->d_o, 0, hw_out);
+        TRY(kn_conv2d3x3(be, o, cur, w->dec_out.w, bias(&w->dec_out), H, W));
+        /* rgb = clamp((o + 1) / 2, 0, 1) */
+        TRY(kn_row_affine(be, o, o, m->d_half, m->d_half));
+        TRY(kn_clamp(be, kn_rows(rgb, (int64_t)f * 3 * T, 3 * T), o, 0.0f, 1.0f));
+        TRY(kn_copy(be, prev, z));
+    }
+    return KN_OK;
+}

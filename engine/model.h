@@ -1,0 +1,67 @@
+/* engine/model.h — the DiT forward over a batch of streams, and the text and decoder paths.
+ *
+ * Private to engine/: the public API is engine/engine.h. The math is docs/MODEL.md; this file
+ * only orders backend ops. Linear layers see the concatenated tokens of every stream in the batch;
+ * modulation, RoPE, the KV store and attention run per stream over that stream's rows and pages.
+ */
+#ifndef VMLA_ENGINE_MODEL_H
+#define VMLA_ENGINE_MODEL_H
+
+#include "engine/config.h"
+#include "engine/kvpool.h"
+#include "engine/weights.h"
+
+/* Called with intermediate tensors of stream 0 of a forward, for tests and debugging:
+ * "sin", "e", "e0", "patch", "block.<i>", "head", and "ctx" from eng_model_context. */
+typedef void (*eng_trace_fn)(void *user, const char *name, kn_backend_t *be, kn_tensor t);
+
+typedef struct {
+    kn_tensor lat;       /* [C, F*h*w] input latent */
+    kn_tensor out;       /* [C, F*h*w] predicted flow (not written when the batch is cache-only) */
+    float t;             /* timestep (warped sigma * 1000; 0 for the cache pass) */
+    int f0;              /* absolute index of the chunk's first latent frame */
+    const kv_stream *cache; /* page table: context frames then the chunk's frames */
+    kn_tensor ctx_kv;    /* [layers * text_len, 2*dim]: cross-attention keys | values */
+} eng_fwd_item;
+
+typedef struct {
+    const eng_config *c;
+    kn_backend_t *be;
+    const eng_weights *w;
+    kv_pool_t *pool;
+    int max_batch, F, h, wd, N; /* N = tokens a chunk */
+    kn_buffer_t *buf;
+    /* activations, [max_batch * N, ...] unless noted */
+    kn_tensor sin, e_h, e, es, e0, mod, hmod; /* per stream: [B, .] ; mod [B*6, D]; hmod [B*2, D] */
+    kn_tensor tok, x, xn, q, k, v, att, y, ff, hout;
+    kn_tensor qr, ckv, kr, qt, qa, olat; /* MLA */
+    kn_tensor ctx_in, ctx_h, ctx;        /* [text_len, .] */
+    kn_tensor zero_row;                  /* [1, text_dim] of zeros */
+    /* decoder */
+    kn_tensor d_cat, d_a, d_b, d_o, d_half;
+    eng_trace_fn trace;
+    void *trace_user;
+} eng_model;
+
+/* Carve the activations for batches of up to max_batch chunks of F frames of h x w latents.
+ * Returns 0 or -1 with a message. */
+int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const eng_weights *w,
+                   kv_pool_t *pool, int max_batch, int F, int h, int wd, char *err, size_t errlen);
+void eng_model_free(eng_model *m);
+
+/* One forward for n streams. Writes each chunk's keys/values (or latents) into its pages.
+ * cache_only: every item is a cache pass, so the head is skipped. */
+kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cache_only);
+
+/* Cross-attention keys and values of a prompt (token ids, text_len of them, 0 = padding). */
+kn_status eng_model_context(eng_model *m, const int32_t *ids, kn_tensor ctx_kv);
+
+/* Decode a chunk [C, F*h*w] into rgb [F*t_up*3, H*W] (planar, [0,1]); prev [C, h*w] is the
+ * previous latent frame of the stream (zeros at the start) and is updated. */
+kn_status eng_model_decode(eng_model *m, kn_tensor lat, kn_tensor prev, kn_tensor rgb);
+
+/* Output video size. */
+int eng_model_out_h(const eng_model *m);
+int eng_model_out_w(const eng_model *m);
+
+#endif

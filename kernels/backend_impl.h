@@ -1,0 +1,73 @@
+/* kernels/backend_impl.h — what a backend implements (private to kernels/).
+ *
+ * kernels/backend.c checks shapes and dtypes once for every backend, then calls through this
+ * table; a backend's functions may assume their arguments passed those checks. A NULL entry means
+ * the op is not supported by that backend (KN_ERR_UNSUPPORTED).
+ */
+#ifndef VMLA_KERNELS_BACKEND_IMPL_H
+#define VMLA_KERNELS_BACKEND_IMPL_H
+
+#include "kernels/backend.h"
+
+struct kn_buffer {
+    size_t size;
+    void *ptr; /* host pointer (CPU) or device pointer (CUDA) */
+};
+
+typedef struct kn_backend_ops {
+    const char *name;
+    kn_dtype compute_dtype;
+    void (*destroy)(kn_backend_t *be);
+    void *(*mem_alloc)(kn_backend_t *be, size_t bytes);
+    void (*mem_free)(kn_backend_t *be, void *ptr);
+    kn_status (*upload)(kn_backend_t *be, kn_tensor t, const void *src, kn_dtype src_dtype);
+    kn_status (*download)(kn_backend_t *be, kn_tensor t, float *dst);
+    kn_status (*sync)(kn_backend_t *be);
+
+    kn_status (*linear)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b);
+    kn_status (*matmul_heads)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, int heads,
+                              kn_heads_mode mode);
+    kn_status (*layernorm)(kn_backend_t *be, kn_tensor y, kn_tensor x, const kn_tensor *w,
+                           const kn_tensor *b, float eps);
+    kn_status (*rmsnorm)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps);
+    kn_status (*modulate)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale);
+    kn_status (*gate_add)(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tensor *gate);
+    kn_status (*axpby)(kn_backend_t *be, kn_tensor y, float a, kn_tensor x, float b, const kn_tensor *z);
+    kn_status (*gelu_tanh)(kn_backend_t *be, kn_tensor y, kn_tensor x);
+    kn_status (*silu)(kn_backend_t *be, kn_tensor y, kn_tensor x);
+    kn_status (*clamp)(kn_backend_t *be, kn_tensor y, kn_tensor x, float lo, float hi);
+    kn_status (*row_affine)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor scale, kn_tensor shift);
+    kn_status (*copy)(kn_backend_t *be, kn_tensor y, kn_tensor x);
+    kn_status (*rope3d)(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, int gh, int gw,
+                        double theta);
+    kn_status (*timestep_embed)(kn_backend_t *be, kn_tensor y, const float *t, int n);
+    kn_status (*attention)(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
+                           float scale);
+    kn_status (*kv_store)(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+    kn_status (*patchify)(kn_backend_t *be, kn_tensor tok, kn_tensor lat, int C, int nf, int h, int w);
+    kn_status (*unpatchify)(kn_backend_t *be, kn_tensor lat, kn_tensor tok, int C, int nf, int h, int w);
+    kn_status (*conv2d3x3)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b,
+                           int H, int W);
+    kn_status (*upsample2x)(kn_backend_t *be, kn_tensor y, kn_tensor x, int H, int W);
+} kn_backend_ops;
+
+struct kn_backend {
+    const kn_backend_ops *ops;
+    void *impl;
+    char err[512];
+};
+
+/* Record an error message on the backend and return st. */
+kn_status kn_fail(kn_backend_t *be, kn_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* fp16 / bf16 conversions (round to nearest even on the way down). */
+float kn_bf16_to_f32(uint16_t h);
+uint16_t kn_f32_to_bf16(float f);
+float kn_f16_to_f32(uint16_t h);
+uint16_t kn_f32_to_f16(float f);
+/* Load element i of a buffer of dtype t as float; store likewise. */
+float kn_load(const void *base, kn_dtype t, size_t i);
+void kn_store(void *base, kn_dtype t, size_t i, float v);
+
+#endif

@@ -1,0 +1,113 @@
+/* kernels/cpu_backend.c — the CPU backend: host buffers, data movement, the op table.
+ *
+ * Compute is fp32 (kernels/cpu_ops.c); tensors may also be stored as bf16/f16 where an op
+ * converts on load (the KV pool, copies, uploads). Ops run synchronously, so kn_sync is a no-op.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu_internal.h"
+
+static void *cpu_mem_alloc(kn_backend_t *be, size_t bytes)
+{
+    size_t n = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, n);
+}
+
+static void cpu_mem_free(kn_backend_t *be, void *p) { free(p); }
+
+static void cpu_destroy(kn_backend_t *be)
+{
+    cpu_impl *c = be->impl;
+    if (c)
+        free(c->scratch);
+    free(c);
+    free(be);
+}
+
+static kn_status cpu_upload(kn_backend_t *be, kn_tensor t, const void *src, kn_dtype sdt)
+{
+    size_t k = 0;
+    for (int64_t r = 0; r < t.rows; r++) {
+        void *row = (char *)t.buf->ptr + t.off + (size_t)(r * t.ld) * kn_dtype_size(t.dtype);
+        if (sdt == t.dtype) {
+            memcpy(row, (const char *)src + k * kn_dtype_size(sdt), (size_t)t.cols * kn_dtype_size(sdt));
+            k += (size_t)t.cols;
+        } else {
+            for (int64_t c = 0; c < t.cols; c++, k++)
+                kn_store(row, t.dtype, (size_t)c, kn_load(src, sdt, k));
+        }
+    }
+    return KN_OK;
+}
+
+static kn_status cpu_download(kn_backend_t *be, kn_tensor t, float *dst)
+{
+    size_t k = 0;
+    for (int64_t r = 0; r < t.rows; r++) {
+        const void *row = (const char *)t.buf->ptr + t.off + (size_t)(r * t.ld) * kn_dtype_size(t.dtype);
+        for (int64_t c = 0; c < t.cols; c++, k++)
+            dst[k] = kn_load(row, t.dtype, (size_t)c);
+    }
+    return KN_OK;
+}
+
+static kn_status cpu_sync(kn_backend_t *be) { return KN_OK; }
+
+float *cpu_scratch(kn_backend_t *be, size_t nfloats)
+{
+    cpu_impl *c = be->impl;
+    if (nfloats > c->scratch_n) {
+        float *p = realloc(c->scratch, nfloats * sizeof(float));
+        if (!p)
+            return NULL;
+        c->scratch = p;
+        c->scratch_n = nfloats;
+    }
+    return c->scratch;
+}
+
+static const kn_backend_ops cpu_ops = {
+    .name = "cpu",
+    .compute_dtype = KN_F32,
+    .destroy = cpu_destroy,
+    .mem_alloc = cpu_mem_alloc,
+    .mem_free = cpu_mem_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .sync = cpu_sync,
+    .linear = cpu_linear,
+    .matmul_heads = cpu_matmul_heads,
+    .layernorm = cpu_layernorm,
+    .rmsnorm = cpu_rmsnorm,
+    .modulate = cpu_modulate,
+    .gate_add = cpu_gate_add,
+    .axpby = cpu_axpby,
+    .gelu_tanh = cpu_gelu_tanh,
+    .silu = cpu_silu,
+    .clamp = cpu_clamp,
+    .row_affine = cpu_row_affine,
+    .copy = cpu_copy,
+    .rope3d = cpu_rope3d,
+    .timestep_embed = cpu_timestep_embed,
+    .attention = cpu_attention,
+    .kv_store = cpu_kv_store,
+    .patchify = cpu_patchify,
+    .unpatchify = cpu_unpatchify,
+    .conv2d3x3 = cpu_conv2d3x3,
+    .upsample2x = cpu_upsample2x,
+};
+
+kn_backend_t *kn_cpu_backend_new(void)
+{
+    kn_backend_t *be = calloc(1, sizeof *be);
+    cpu_impl *c = calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        return NULL;
+    }
+    be->ops = &cpu_ops;
+    be->impl = c;
+    return be;
+}

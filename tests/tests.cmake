@@ -1,0 +1,40 @@
+# tests/tests.cmake — the test suite (included from CMakeLists.txt).
+#
+# Labels: unit (fast, pure C; also run under ASan+UBSan by `make test`), e2e (programs end to end),
+# fuzz (libFuzzer harnesses, in the VMLA_FUZZ build), gpu (skipped cleanly without a GPU).
+
+set(VMLA_TEST_ENV "VMLA_SOURCE_DIR=${CMAKE_SOURCE_DIR}" "VMLA_BUILD_DIR=${CMAKE_BINARY_DIR}")
+
+function(vmla_unit name src)
+  add_executable(${name} ${src} tests/check.h)
+  target_link_libraries(${name} ${ARGN})
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS unit ENVIRONMENT "${VMLA_TEST_ENV}" TIMEOUT 600)
+endfunction()
+
+if(NOT VMLA_FUZZ)
+  vmla_unit(test_ops tests/kernels/test_ops.c vmla_kernels)
+  vmla_unit(test_safetensors tests/engine/test_safetensors.c vmla_engine)
+  vmla_unit(test_kvpool tests/engine/test_kvpool.c vmla_engine)
+  vmla_unit(test_rng tests/engine/test_rng.c vmla_engine)
+  vmla_unit(test_engine tests/engine/test_engine.c vmla_engine)
+  vmla_unit(test_golden tests/engine/test_golden.c vmla_engine)
+  vmla_unit(test_video_writer tests/server/test_video_writer.c vmla_media)
+
+  add_test(NAME e2e_gen COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/gen.sh)
+  add_test(NAME e2e_bench_kv COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/bench_kv.sh)
+  set_tests_properties(e2e_gen e2e_bench_kv PROPERTIES LABELS e2e ENVIRONMENT "${VMLA_TEST_ENV}" TIMEOUT 600)
+else()
+  # libFuzzer harnesses: each runs for VMLA_FUZZ_SECONDS over a copy of its seed corpus
+  set(VMLA_FUZZ_SECONDS 20 CACHE STRING "seconds each fuzzer runs under ctest")
+  add_executable(fuzz_safetensors tests/fuzz/fuzz_safetensors.c engine/safetensors.c)
+  target_include_directories(fuzz_safetensors PRIVATE ${CMAKE_SOURCE_DIR})
+  target_link_libraries(fuzz_safetensors PkgConfig::JANSSON)
+  target_link_options(fuzz_safetensors PRIVATE -fsanitize=fuzzer)
+  foreach(f safetensors)
+    add_test(NAME fuzz_${f}
+      COMMAND bash ${CMAKE_SOURCE_DIR}/tests/fuzz/run.sh $<TARGET_FILE:fuzz_${f}>
+              ${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${f} ${VMLA_FUZZ_SECONDS})
+    set_tests_properties(fuzz_${f} PROPERTIES LABELS fuzz TIMEOUT 600)
+  endforeach()
+endif()
