@@ -26,10 +26,11 @@ typedef struct {
 
 static int parse(int argc, char **argv, args *a)
 {
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc;) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(k, "--json")) {
             a->json = 1;
+            i++;
             continue;
         }
         int bad = 0;
@@ -56,7 +57,7 @@ static int parse(int argc, char **argv, args *a)
             fprintf(stderr, "vmla-bench: bad value for %s: '%s'\n", k, v);
             return -1;
         }
-        i++;
+        i += 2;
     }
     if (!a->preset) {
         fprintf(stderr, "vmla-bench: --preset is required (%s)\n", eng_config_presets());

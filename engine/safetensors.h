@@ -15,8 +15,10 @@
  *              ...,
  *              "__metadata__": { "<key>": "<string value>", ... } }  // optional
  *
- * What the reader accepts (every violation is an error with a message naming the tensor):
- *   - the file holds at least the 8-byte prefix, and N <= file size - 8 and N <= ST_MAX_HEADER;
+ * What the reader accepts (every violation is an error whose message names the tensor, when the
+ * problem belongs to one):
+ *   - the file holds at least the 8-byte prefix, N <= ST_MAX_HEADER (checked first) and
+ *     N <= file size - 8. Parsing a header near the limit can take several times N of memory;
  *   - the header is valid UTF-8 JSON, an object, with no duplicate keys (jansson's
  *     JSON_REJECT_DUPLICATES; names are checked again after sorting), at most ST_MAX_TENSORS tensors;
  *   - each entry is an object with "dtype" (a name from st_dtype_name), "shape" (at most
@@ -36,7 +38,7 @@
  *   ST_ERR_SHAPE    shape not an array of non-negative integers, element/byte count overflow, shape
  *                   does not match data_offsets; st_expect shape mismatch; st_to_f32 count mismatch
  *   ST_ERR_DTYPE    dtype not a string or unknown; st_to_f32 on a dtype it cannot convert
- *   ST_ERR_MISSING  st_expect: the tensor is absent
+ *   ST_ERR_MISSING  st_expect: the tensor is absent; NULL tensor/data arguments (st_to_f32, writer)
  *   ST_ERR_LIMIT    header larger than ST_MAX_HEADER, more than ST_MAX_TENSORS tensors, more than
  *                   ST_MAX_DIMS dimensions
  *   ST_ERR_NOMEM    an allocation failed (jansson reports most of its failed allocations as parse
@@ -149,7 +151,8 @@ st_status st_expect(st_file_t *f, const char *name, int ndim, const int64_t *sha
 
 /* Convert the tensor's n elements to fp32 into dst (n must equal t->nelem, else ST_ERR_SHAPE).
  * Exact for F32, F16 (subnormals, inf and NaN included) and BF16; F64 and I32 round to nearest.
- * Any other dtype: ST_ERR_DTYPE. There is no handle here, so the status is the only report. */
+ * Any other dtype: ST_ERR_DTYPE; t NULL (or dst NULL with n > 0): ST_ERR_MISSING, so a failed
+ * st_find can be passed straight in. There is no handle here: the status is the only report. */
 st_status st_to_f32(const st_tensor *t, float *dst, size_t n);
 
 /* ---- writer ------------------------------------------------------------------------------------ */

@@ -39,7 +39,7 @@ int main(int argc, char **argv)
     uint64_t seed = 0;
     double seconds = 2.0;
     long window = -1, sink = -1, lh = 0, lw = 0;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -71,7 +71,6 @@ int main(int argc, char **argv)
             fprintf(stderr, "vmla-gen: bad value for %s: '%s'\n", a, v);
             return 2;
         }
-        i++;
     }
     if (!preset || !prompt || !outp) {
         fprintf(stderr, "vmla-gen: --preset, --prompt and --out are required\n");

@@ -382,6 +382,8 @@ static void test_writer_errors(void)
         {"NULL data", {{"nul", ST_F32, 1, {2}, NULL}}, 1, NULL, ST_ERR_MISSING, "'nul'"},
         {"metadata key without value", {{"ok", ST_F32, 1, {2}, v}}, 1, (const char *const[]){"k", NULL, NULL},
          ST_ERR_FORMAT, "'k'"},
+        {"duplicate metadata key", {{"ok", ST_F32, 1, {2}, v}}, 1, (const char *const[]){"k", "1", "k", "2", NULL},
+         ST_ERR_FORMAT, "'k'"},
         {"negative count", {{"ok", ST_F32, 1, {2}, v}}, -1, NULL, ST_ERR_LIMIT, "limit"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -400,6 +402,15 @@ static void test_writer_errors(void)
     check(s == ST_OK && s2 == ST_ERR_FORMAT && s3 == ST_OK && st_find(f, "keep") && !file_exists(tmp),
           "failed write leaves the existing file untouched");
     st_close(f);
+
+    /* rename() fails when the target is a directory: the .tmp file must be removed. */
+    const char *dir = tmp_path("a-directory");
+    const char *dirtmp = tmp_path("a-directory.tmp");
+    mkdir(dir, 0700);
+    s = st_write(dir, &good, 1, NULL, err, sizeof err);
+    check(s == ST_ERR_IO && strstr(err, "rename") && !file_exists(dirtmp), "failed rename -> %s: %s (no .tmp left)",
+          st_strerror(s), err);
+    rmdir(dir);
 
     s = st_write(tmp_path("no/such/dir.safetensors"), &good, 1, NULL, err, sizeof err);
     check(s == ST_ERR_IO && strstr(err, "no/such/dir"), "writer into a missing directory -> %s: %s",
