@@ -65,13 +65,41 @@ static void wan13(eng_config *c)
     c->latent_w = 104;
 }
 
-const char *eng_config_presets(void) { return "tiny-test tiny-test-mla wan-1.3b wan-1.3b-mla"; }
+/* The bundled model (models/README.md): 96x96 video, small enough for real time on a CPU. */
+static void tiny(eng_config *c)
+{
+    c->dim = 256;
+    c->heads = 4;
+    c->head_dim = 64;
+    c->layers = 6;
+    c->ffn_dim = 768;
+    c->freq_dim = 128;
+    c->in_ch = 8;
+    c->text_dim = 128;
+    c->text_len = 12;
+    c->d_c = 64;
+    c->d_r = 32;
+    c->vocab = 64;
+    c->text_pos = 1;
+    c->dec_ch = 32;
+    c->dec_up = 3;
+    c->dec_t_up = 4;
+    c->window = 6;
+    c->sink = 1;
+    c->latent_h = 12;
+    c->latent_w = 12;
+}
+
+const char *eng_config_presets(void) { return "tiny tiny-mha tiny-test tiny-test-mla wan-1.3b wan-1.3b-mla"; }
 
 int eng_config_preset(eng_config *c, const char *name, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     sampler_defaults(c);
-    if (!strcmp(name, "tiny-test") || !strcmp(name, "tiny-test-mla")) {
+    if (!strcmp(name, "tiny") || !strcmp(name, "tiny-mha")) {
+        tiny(c);
+        c->layout = strcmp(name, "tiny") ? ENG_LAYOUT_MHA : ENG_LAYOUT_MLA;
+    } else if (!strcmp(name, "tiny-test") || !strcmp(name, "tiny-test-mla")) {
         tiny_test(c);
         c->layout = strcmp(name, "tiny-test") ? ENG_LAYOUT_MLA : ENG_LAYOUT_MHA;
     } else if (!strcmp(name, "wan-1.3b") || !strcmp(name, "wan-1.3b-mla")) {

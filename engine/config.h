@@ -22,8 +22,10 @@ typedef struct {
     float eps;
     double rope_theta;
     int max_frames; /* absolute latent frames a stream may reach (RoPE range seen in training) */
-    /* text encoder: an embedding table of `vocab` rows (the tiny models) */
+    /* text encoder: an embedding table of `vocab` rows (the tiny models), plus a learned
+     * position embedding when text_pos is set (the bundled models) */
     int vocab;
+    int text_pos;
     /* decoder (docs/MODEL.md §8) */
     int dec_ch, dec_up, dec_t_up;
     /* sampler defaults */
@@ -36,7 +38,8 @@ typedef struct {
     int fps;
 } eng_config;
 
-/* Fill c from a preset name: tiny-test, tiny-test-mla, wan-1.3b, wan-1.3b-mla. Returns 0, or -1
+/* Fill c from a preset name: tiny, tiny-mha (the bundled models), tiny-test, tiny-test-mla,
+ * wan-1.3b, wan-1.3b-mla. Returns 0, or -1
  * with a message listing the known presets. */
 int eng_config_preset(eng_config *c, const char *name, char *err, size_t errlen);
 /* Check that the fields are consistent (divisibility, ranges). Returns 0 or -1 with a message. */

@@ -53,6 +53,7 @@ struct eng_engine {
     float *hostf; /* host staging: a chunk's rgb or latent or noise, as floats */
     size_t hostf_n;
     uint64_t next_id;
+    eng_vocab vocab; /* vocabulary mode when vocab.n > 0 (from the weight file) */
     eng_trace_cb trace;
     void *trace_user;
     char err[512];
@@ -180,6 +181,11 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
         st = ENG_ERR_LOAD;
         goto bad;
     }
+    if (e->w.vocab_words &&
+        eng_vocab_parse(&e->vocab, e->w.vocab_words, c->vocab - 2, err, errlen)) {
+        st = ENG_ERR_LOAD;
+        goto bad;
+    }
     int pages_per_stream = (c->sink + c->window) * (e->tokens_per_frame / pt);
     kv_pool_config pc = {
         .page_tokens = pt,
@@ -236,6 +242,7 @@ void eng_close(eng_engine_t *e)
     eng_model_free(&e->m);
     kv_pool_free(e->pool);
     eng_weights_free(&e->w, e->be);
+    eng_vocab_free(&e->vocab);
     free(e);
 }
 
@@ -355,7 +362,11 @@ int64_t eng_stream_chunks_done(const eng_stream_t *s) { return s->chunks_done; }
 eng_status eng_stream_set_prompt(eng_stream_t *s, const char *prompt)
 {
     const eng_config *c = &s->e->c;
-    eng_tokenize(prompt, prompt ? strlen(prompt) : 0, c->vocab, s->pending_ids, c->text_len);
+    size_t len = prompt ? strlen(prompt) : 0;
+    if (s->e->vocab.n)
+        eng_tokenize_vocab(&s->e->vocab, prompt, len, s->pending_ids, c->text_len);
+    else
+        eng_tokenize(prompt, len, c->vocab, s->pending_ids, c->text_len);
     s->prompt_pending = 1;
     return ENG_OK;
 }

@@ -360,10 +360,14 @@ kn_status eng_model_context(eng_model *m, const int32_t *ids, kn_tensor ctx_kv)
     int64_t D = c->dim, L = c->text_len;
     for (int64_t i = 0; i < L; i++) {
         kn_tensor dst = kn_rows(m->ctx_in, i, 1);
-        if (ids[i] <= 0 || ids[i] >= c->vocab)
+        if (ids[i] <= 0 || ids[i] >= c->vocab) {
             TRY(kn_copy(be, dst, m->zero_row)); /* padding (and anything out of range) */
-        else
+        } else if (c->text_pos) { /* embed[id] + pos[i] */
+            kn_tensor pi = kn_rows(w->text_pos, i, 1);
+            TRY(kn_axpby(be, dst, 1.0f, kn_rows(w->embed, ids[i], 1), 1.0f, &pi));
+        } else {
             TRY(kn_copy(be, dst, kn_rows(w->embed, ids[i], 1)));
+        }
     }
     TRY(linear(m, m->ctx_h, m->ctx_in, &w->text0));
     TRY(kn_gelu_tanh(be, m->ctx_h, m->ctx_h));

@@ -141,6 +141,8 @@ static void build(const eng_config *c, eng_weights *w, wlist *l)
     lin(l, &w->head, 4 * C, D, 1, "head.head");
     add(l, &w->head_mod, INIT_SMALL, 0, 3, S3(1, 2, D), "head.modulation");
     add(l, &w->embed, INIT_EMBED, 0, 2, S2(c->vocab, c->text_dim), "text_encoder.embed.weight");
+    if (c->text_pos)
+        add(l, &w->text_pos, INIT_SMALL, 0, 2, S2(c->text_len, c->text_dim), "text_encoder.pos.weight");
     add(l, &w->lat_mean, INIT_SMALL, 0, 1, S1(C), "decoder.latent_mean");
     add(l, &w->lat_std, INIT_STD, 0, 1, S1(C), "decoder.latent_std");
     int64_t ch = c->dec_ch;
@@ -267,6 +269,11 @@ int eng_weights_load(eng_weights *w, kn_backend_t *be, const eng_config *c, cons
             goto fail;
         }
     }
+    if (f && st_metadata(f, "vmla.vocab")) {
+        w->vocab_words = strdup(st_metadata(f, "vmla.vocab"));
+        if (!w->vocab_words)
+            goto oom;
+    }
     rc = 0;
     goto done;
 oom:
@@ -285,5 +292,6 @@ void eng_weights_free(eng_weights *w, kn_backend_t *be)
 {
     kn_buffer_free(be, w->buf);
     free(w->blocks);
+    free(w->vocab_words);
     memset(w, 0, sizeof *w);
 }

@@ -40,6 +40,8 @@ typedef struct {
     eng_linear head;     /* [4C, D] */
     kn_tensor head_mod;  /* [2, D] */
     kn_tensor embed;     /* [vocab, text_dim] */
+    kn_tensor text_pos;  /* [text_len, text_dim] (config text_pos) */
+    char *vocab_words;   /* the file's "vmla.vocab" metadata (malloc'd), or NULL */
     kn_tensor lat_mean, lat_std; /* [1, C] */
     eng_linear dec_in, dec_mid, dec_out;
     eng_linear dec_up[4];

@@ -297,10 +297,11 @@ kn_status cpu_timestep_embed(kn_backend_t *be, kn_tensor y, const float *t, int 
 
 /* ---- attention ---------------------------------------------------------------------------------
  * out = softmax(q k^T * scale) v per query head, over kv->n_tokens key rows which may be scattered
- * over pages. Keys and values are converted to fp32 a block of tokens at a time; each (query, head)
- * keeps a running max m, a running sum l and the output accumulator (online softmax), so nothing
- * of size queries x keys is materialised. */
-#define ATT_TB 64
+ * over pages. Keys and values are gathered (and converted to fp32) a block of ATT_TB tokens at a
+ * time; for each query head, S = Q_h K_b^T is one GEMM, then each query row keeps a running max m,
+ * a running sum l and its output accumulator O_h (online softmax: O_h is rescaled when m grows),
+ * and O_h += P V_b is another GEMM. Nothing of size queries x keys is materialised. */
+#define ATT_TB 256
 
 static const char *kv_row(const kn_kv *kv, int64_t t)
 {
@@ -323,8 +324,8 @@ kn_status cpu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_k
     F32_ONLY(q, "attention");
     int G = kv->kv_heads, dk = kv->dk, dv = kv->dv, group = q_heads / G;
     int64_t nq = q.rows, nt = kv->n_tokens;
-    /* scratch: K block [TB][G*dk], V block [TB][G*dv], m and l per (query, head), scores [TB] */
-    size_t need = (size_t)ATT_TB * G * (dk + dv) + 2 * (size_t)nq * q_heads + ATT_TB;
+    /* scratch: K block [TB][G*dk], V block [TB][G*dv], m and l per (query, head), S [nq][TB] */
+    size_t need = (size_t)ATT_TB * G * (dk + dv) + 2 * (size_t)nq * q_heads + (size_t)nq * ATT_TB;
     float *s = cpu_scratch(be, need);
     if (!s)
         return kn_fail(be, KN_ERR_NOMEM, "attention: no memory for scratch");
@@ -341,48 +342,46 @@ kn_status cpu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_k
         int tb = (int)(nt - t0 < ATT_TB ? nt - t0 : ATT_TB);
         for (int j = 0; j < tb; j++) {
             const char *row = kv_row(kv, t0 + j);
-            for (int g = 0; g < G; g++) {
-                for (int c = 0; c < dk; c++)
-                    kb[((size_t)j * G + g) * dk + c] = kn_load(row, kv->dtype, (size_t)(kv->k_off + (int64_t)g * dk + c));
-                for (int c = 0; c < dv; c++)
-                    vb[((size_t)j * G + g) * dv + c] = kn_load(row, kv->dtype, (size_t)(kv->v_off + (int64_t)g * dv + c));
+            float *kr = kb + (size_t)j * G * dk, *vr = vb + (size_t)j * G * dv;
+            if (kv->dtype == KN_F32) {
+                memcpy(kr, (const float *)row + kv->k_off, sizeof(float) * (size_t)G * dk);
+                memcpy(vr, (const float *)row + kv->v_off, sizeof(float) * (size_t)G * dv);
+            } else {
+                for (int c = 0; c < G * dk; c++)
+                    kr[c] = kn_load(row, kv->dtype, (size_t)(kv->k_off + c));
+                for (int c = 0; c < G * dv; c++)
+                    vr[c] = kn_load(row, kv->dtype, (size_t)(kv->v_off + c));
             }
         }
-        for (int64_t i = 0; i < nq; i++) {
-            const float *qi = rowp(q, i);
-            float *oi = rowp(out, i);
-            for (int h = 0; h < q_heads; h++) {
-                int g = h / group;
-                const float *qh = qi + (int64_t)h * dk;
+        for (int h = 0; h < q_heads; h++) {
+            int g = h / group;
+            /* S [nq, tb] = Q_h [nq, dk] K_g^T, K_g [tb, dk] with row stride G*dk */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, tb, dk, scale,
+                        rowp(q, 0) + (int64_t)h * dk, (int)q.ld, kb + (size_t)g * dk, G * dk, 0.0f, sc, ATT_TB);
+            float *oh = rowp(out, 0) + (int64_t)h * dv;
+            for (int64_t i = 0; i < nq; i++) {
+                float *si = sc + i * ATT_TB, *m = &mm[i * q_heads + h], *l = &ll[i * q_heads + h];
                 float bmax = -INFINITY;
-                for (int j = 0; j < tb; j++) {
-                    const float *kj = kb + ((size_t)j * G + g) * dk;
-                    float acc = 0.0f;
-                    for (int c = 0; c < dk; c++)
-                        acc += qh[c] * kj[c];
-                    sc[j] = acc * scale;
-                    if (sc[j] > bmax)
-                        bmax = sc[j];
-                }
-                float *m = &mm[i * q_heads + h], *l = &ll[i * q_heads + h];
-                float *oh = oi + (int64_t)h * dv;
+                for (int j = 0; j < tb; j++)
+                    bmax = si[j] > bmax ? si[j] : bmax;
                 if (bmax > *m) {
                     float corr = expf(*m - bmax); /* 0 on the first block (m = -inf) */
                     *l *= corr;
+                    float *o = oh + i * out.ld;
                     for (int c = 0; c < dv; c++)
-                        oh[c] *= corr;
+                        o[c] *= corr;
                     *m = bmax;
                 }
                 double lsum = 0.0;
                 for (int j = 0; j < tb; j++) {
-                    float p = expf(sc[j] - *m);
-                    lsum += p;
-                    const float *vj = vb + ((size_t)j * G + g) * dv;
-                    for (int c = 0; c < dv; c++)
-                        oh[c] += p * vj[c];
+                    si[j] = expf(si[j] - *m);
+                    lsum += si[j];
                 }
                 *l += (float)lsum;
             }
+            /* O_h [nq, dv] += P [nq, tb] V_g [tb, dv] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, dv, tb, 1.0f, sc, ATT_TB,
+                        vb + (size_t)g * dv, G * dv, 1.0f, oh, (int)out.ld);
         }
     }
     for (int64_t i = 0; i < nq; i++) {
