@@ -12,8 +12,9 @@ CMAKE_FLAGS ?=
 
 # Debian 12 packages the build and the tests need.
 DEB_PKGS = build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev \
-           libopenblas-dev libjansson-dev \
-           libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libx264-dev ffmpeg
+           libopenblas-dev libjansson-dev libmicrohttpd-dev libwebsockets-dev \
+           libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libx264-dev ffmpeg \
+           python3 python3-websocket chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

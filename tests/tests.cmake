@@ -20,10 +20,20 @@ if(NOT VMLA_FUZZ)
   vmla_unit(test_engine tests/engine/test_engine.c vmla_engine)
   vmla_unit(test_golden tests/engine/test_golden.c vmla_engine)
   vmla_unit(test_video_writer tests/server/test_video_writer.c vmla_media)
+  vmla_unit(test_h264_stream tests/server/test_h264_stream.c vmla_media)
+  vmla_unit(test_proto tests/proto/test_proto.c vmla_proto)
 
   add_test(NAME e2e_gen COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/gen.sh)
   add_test(NAME e2e_bench_kv COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/bench_kv.sh)
   set_tests_properties(e2e_gen e2e_bench_kv PROPERTIES LABELS e2e ENVIRONMENT "${VMLA_TEST_ENV}" TIMEOUT 600)
+  if(VMLA_HAVE_SERVER)
+    # the real server on loopback with real clients (python3-websocket, ffprobe); the browser test
+    # drives Debian's chromium through the DevTools protocol
+    add_test(NAME server COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/server/test_server.py)
+    add_test(NAME server_browser COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/server/test_browser.py)
+    set_tests_properties(server server_browser PROPERTIES LABELS "e2e;server" ENVIRONMENT "${VMLA_TEST_ENV}"
+                         TIMEOUT 900 RUN_SERIAL ON)
+  endif()
 else()
   # libFuzzer harnesses: each runs for VMLA_FUZZ_SECONDS over a copy of its seed corpus
   set(VMLA_FUZZ_SECONDS 20 CACHE STRING "seconds each fuzzer runs under ctest")
@@ -31,7 +41,13 @@ else()
   target_include_directories(fuzz_safetensors PRIVATE ${CMAKE_SOURCE_DIR})
   target_link_libraries(fuzz_safetensors PkgConfig::JANSSON)
   target_link_options(fuzz_safetensors PRIVATE -fsanitize=fuzzer)
-  foreach(f safetensors)
+  foreach(f proto_media proto_json)
+    add_executable(fuzz_${f} tests/fuzz/fuzz_${f}.c proto/media.c proto/json.c)
+    target_include_directories(fuzz_${f} PRIVATE ${CMAKE_SOURCE_DIR})
+    target_link_libraries(fuzz_${f} PkgConfig::JANSSON)
+    target_link_options(fuzz_${f} PRIVATE -fsanitize=fuzzer)
+  endforeach()
+  foreach(f safetensors proto_media proto_json)
     add_test(NAME fuzz_${f}
       COMMAND bash ${CMAKE_SOURCE_DIR}/tests/fuzz/run.sh $<TARGET_FILE:fuzz_${f}>
               ${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${f} ${VMLA_FUZZ_SECONDS})
