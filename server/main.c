@@ -36,7 +36,8 @@ static void usage(FILE *f)
             "  --gop N               frames between regular keyframes (default 24: every 2 chunks)\n"
             "  --lead-chunks X       chunks a stream may run ahead of playback (default 2)\n"
             "  --web-root DIR        the web client (default web-client)\n"
-            "  --device cpu|cuda     backend (default cpu)\n",
+            "  --device cpu|cuda     backend (default cpu)\n"
+            "  --drain-timeout S     on SIGTERM, let running sessions go on up to S seconds (default 0)\n",
             eng_config_presets());
 }
 
@@ -74,6 +75,7 @@ static int parse(int argc, char **argv, srv_options *o, const char **public_ws)
         else if (!strcmp(a, "--idle-timeout")) bad = cli_double(v, 0, 1e7, &d), o->idle_timeout = d;
         else if (!strcmp(a, "--retain")) bad = cli_double(v, 0, 1e7, &d), o->retain = d;
         else if (!strcmp(a, "--lead-chunks")) bad = cli_double(v, 0.5, 100, &d), o->lead_chunks = d;
+        else if (!strcmp(a, "--drain-timeout")) bad = cli_double(v, 0, 3600, &d), o->drain_timeout = d;
         else {
             fprintf(stderr, "vmla-server: unknown option %s (see --help)\n", a);
             return -1;
@@ -166,6 +168,17 @@ int main(int argc, char **argv)
     printf("vmla-server: %s: draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     fflush(stdout);
     rc = 0;
+    /* drain: no new sessions (readyz 503); running ones may finish within --drain-timeout; a second
+     * signal cuts the wait short */
+    atomic_store(&srv.draining, 1);
+    for (double t0 = srv_now(); srv_now() - t0 < o->drain_timeout;) {
+        pthread_mutex_lock(&srv.lock);
+        int active = srv_count_state(SESS_RUNNING) + srv_count_state(SESS_PAUSED) + srv_count_state(SESS_QUEUED);
+        pthread_mutex_unlock(&srv.lock);
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        if (!active || sigtimedwait(&sigs, NULL, &ts) > 0)
+            break;
+    }
 stop:
     atomic_store(&srv.draining, 1);
     /* end every session: viewers get `ended` (shutdown) and a close; give them a moment to flush */

@@ -113,7 +113,7 @@ typedef struct {
     size_t max_recording;
     int gop;
     const char *device;
-    double lead_chunks;
+    double lead_chunks, drain_timeout;
 } srv_options;
 
 typedef struct srv_metrics {
