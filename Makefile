@@ -1,6 +1,6 @@
 # vmla — the two commands of the README:
-#   make run    install what is missing, build, and run the server on the bundled model
-#               (until the server lands: generate a clip with vmla-gen and say where it is)
+#   make run    install what is missing, build, and run the server on the bundled model at
+#               http://127.0.0.1:8080/ (PORT=, MODEL=, PRESET= override)
 #   make test   install what is missing, build, and run the whole suite: unit tests, end-to-end
 #               tests, the unit tests again under ASan+UBSan, and the fuzzers for a short while
 # Other targets: deps, build, build-asan, build-fuzz, clean.
@@ -41,13 +41,19 @@ build-fuzz: deps
 	CC=clang cmake -S . -B $(BUILD)-fuzz -G Ninja -DVMLA_FUZZ=ON -DVMLA_CUDA=OFF -DVMLA_FUZZ_SECONDS=$(FUZZ_SECONDS)
 	cmake --build $(BUILD)-fuzz -j $(JOBS)
 
+# The server on the bundled model (models/vmla-tiny.safetensors); until that file exists, on the
+# tiny random test weights (the video is noise then). Open http://127.0.0.1:8080/
+MODEL ?= $(if $(wildcard models/vmla-tiny.safetensors),models/vmla-tiny.safetensors,tests/golden/tiny-mla.safetensors)
+PRESET ?= $(if $(wildcard models/vmla-tiny.safetensors),tiny,tiny-test-mla)
+PORT ?= 8080
 run: build
 	@if [ -x $(BUILD)/vmla-server ]; then \
-	  exec $(BUILD)/vmla-server --model models/vmla-tiny.safetensors --preset tiny --port 8080; \
+	  echo "open http://127.0.0.1:$(PORT)/ (Ctrl-C stops)"; \
+	  exec $(BUILD)/vmla-server --model $(MODEL) --preset $(PRESET) --port $(PORT); \
 	else \
-	  echo "vmla-server is not built yet (see the server issue); generating a clip with vmla-gen instead"; \
-	  $(BUILD)/vmla-gen --preset tiny-test-mla --prompt "a red square moving left" --seconds 3 --out out/demo.mp4 && \
-	  echo "open out/demo.mp4"; \
+	  echo "vmla-server was not built (libmicrohttpd, libwebsockets or FFmpeg missing); a clip with vmla-gen instead"; \
+	  mkdir -p out && $(BUILD)/vmla-gen --preset $(PRESET) --model $(MODEL) --prompt "a red square moving left on a white background" \
+	    --seconds 3 --out out/demo.y4m && echo "open out/demo.y4m"; \
 	fi
 
 test-unit: build

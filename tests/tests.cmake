@@ -27,6 +27,9 @@ if(NOT VMLA_FUZZ)
   add_test(NAME e2e_bench_kv COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/bench_kv.sh)
   set_tests_properties(e2e_gen e2e_bench_kv PROPERTIES LABELS e2e ENVIRONMENT "${VMLA_TEST_ENV}" TIMEOUT 600)
   if(VMLA_HAVE_SERVER)
+    vmla_unit(test_drop_policy tests/server/test_drop_policy.c vmla_media vmla_proto vmla_engine Threads::Threads)
+    target_sources(test_drop_policy PRIVATE server/session.c)
+    target_compile_definitions(test_drop_policy PRIVATE _DEFAULT_SOURCE)
     # the real server on loopback with real clients (python3-websocket, ffprobe); the browser test
     # drives Debian's chromium through the DevTools protocol
     add_test(NAME server COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/server/test_server.py)
