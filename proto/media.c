@@ -89,8 +89,10 @@ static int valid_format(unsigned f)
 size_t proto_media_encode_header(uint8_t out[PROTO_MEDIA_HEADER], const proto_media_hdr *h)
 {
     if (!valid_type(h->type) || !valid_format(h->format) || (h->flags & ~PROTO_FLAGS_ALL) ||
-        (h->type == PROTO_MSG_INIT && h->format != PROTO_FMT_FMP4) || h->payload_len > PROTO_MAX_PAYLOAD)
+        (h->type == PROTO_MSG_INIT && h->format != PROTO_FMT_FMP4) || h->payload_len > PROTO_MAX_PAYLOAD) {
+        memset(out, 0, PROTO_MEDIA_HEADER); /* a caller that ignores the 0 sends bad magic, not junk */
         return 0;
+    }
     out[OFF_MAGIC] = PROTO_MAGIC;
     out[OFF_VERSION] = PROTO_VERSION;
     out[OFF_TYPE] = h->type;

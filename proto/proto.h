@@ -79,9 +79,9 @@ typedef struct {
     uint32_t payload_len;
 } proto_media_hdr;
 
-/* Write the 28-byte header of h into out. Returns PROTO_MEDIA_HEADER, or 0 (out untouched) when h
- * would not pass proto_media_parse: unknown type, format or flag bits, an init message whose
- * format is not fmp4, payload_len over PROTO_MAX_PAYLOAD. */
+/* Write the 28-byte header of h into out. Returns PROTO_MEDIA_HEADER, or 0 when h would not pass
+ * proto_media_parse (unknown type, format or flag bits, an init message whose format is not fmp4,
+ * payload_len over PROTO_MAX_PAYLOAD); out is then zero-filled, which every reader rejects. */
 size_t proto_media_encode_header(uint8_t out[PROTO_MEDIA_HEADER], const proto_media_hdr *h);
 
 /* Parse the message at the start of buf[0..len) (bytes after it are left alone).

@@ -50,6 +50,9 @@ static proto_status cmsg(const char *text, proto_client_msg *m, char *err, size_
     return s;
 }
 
+/* a string for printf, NULL included */
+#define NN(x) ((x) ? (x) : "(null)")
+
 /* err holds only printable ASCII */
 static int printable(const char *s)
 {
@@ -174,6 +177,8 @@ static void test_media_roundtrip(void)
     bad = sample_hdr();
     bad.payload_len = PROTO_MAX_PAYLOAD + 1;
     CHECK(proto_media_encode_header(msg, &bad) == 0, "encode over cap");
+    CHECK(msg[0] == 0 && msg[27] == 0 && proto_media_parse(msg, sizeof msg, NULL, NULL, NULL) == PROTO_ERR_FORMAT,
+          "a refused header is zero-filled, which readers reject");
 }
 
 /* msg with byte i set to v must be rejected with want, at full length and (when prefix > 0) as its
@@ -510,44 +515,44 @@ static void test_builders(void)
     char *s = proto_json_prompt_switched(prompt, 8);
     json_t *j = parse_back(s);
     CHECK(j && str_is(j, "type", "prompt_switched") && str_is(j, "prompt", prompt) && int_is(j, "chunk", 8),
-          "prompt_switched: %s", s);
-    CHECK(s && !strchr(s, '\n') && !strstr(s, "\": ") && !strstr(s, ", \""), "compact, one line: %s", s);
+          "prompt_switched: %s", NN(s));
+    CHECK(s && !strchr(s, '\n') && !strstr(s, "\": ") && !strstr(s, ", \""), "compact, one line: %s", NN(s));
     json_decref(j);
     free(s);
 
     s = proto_json_prompt_switched("a\xff" "b\xc3", 1); /* invalid bytes become '?' */
     j = parse_back(s);
-    CHECK(j && str_is(j, "prompt", "a?b?"), "invalid UTF-8 replaced: %s", s);
+    CHECK(j && str_is(j, "prompt", "a?b?"), "invalid UTF-8 replaced: %s", NN(s));
     json_decref(j);
     free(s);
 
     s = proto_json_error("bad_request", "field 'seconds' must be a number in (0, 3600]");
     CHECK(s && strcmp(s, "{\"error\":{\"code\":\"bad_request\",\"message\":\"field 'seconds' must be a number in "
                          "(0, 3600]\"}}") == 0,
-          "error body: %s", s);
+          "error body: %s", NN(s));
     free(s);
     s = proto_json_error("bad_request", "quote \" newline \n");
     j = parse_back(s);
-    CHECK(j && str_is(json_object_get(j, "error"), "message", "quote \" newline \n"), "error escapes: %s", s);
+    CHECK(j && str_is(json_object_get(j, "error"), "message", "quote \" newline \n"), "error escapes: %s", NN(s));
     json_decref(j);
     free(s);
     s = proto_json_ws_error("bad_message", "unknown type");
     CHECK(s && strcmp(s, "{\"type\":\"error\",\"code\":\"bad_message\",\"message\":\"unknown type\"}") == 0,
-          "ws error: %s", s);
+          "ws error: %s", NN(s));
     free(s);
 
     s = proto_json_init("0123456789abcdef0123456789abcdef", PROTO_FMT_FMP4, "avc1.42c00b", 48, 32, 16);
     CHECK(s && strcmp(s, "{\"type\":\"init\",\"session\":\"0123456789abcdef0123456789abcdef\",\"format\":\"fmp4\","
                          "\"codec\":\"avc1.42c00b\",\"width\":48,\"height\":32,\"fps\":16,"
                          "\"mime\":\"video/mp4; codecs=\\\"avc1.42c00b\\\"\"}") == 0,
-          "init: %s", s);
+          "init: %s", NN(s));
     j = parse_back(s);
     CHECK(j && str_is(j, "mime", "video/mp4; codecs=\"avc1.42c00b\""), "mime parses back");
     json_decref(j);
     free(s);
     s = proto_json_init("x", PROTO_FMT_ANNEXB, "avc1", 1, 2, 3);
     j = parse_back(s);
-    CHECK(j && str_is(j, "format", "annexb"), "init annexb: %s", s);
+    CHECK(j && str_is(j, "format", "annexb"), "init annexb: %s", NN(s));
     json_decref(j);
     free(s);
     CHECK(proto_json_init("x", 3, "avc1", 1, 2, 3) == NULL, "init with unknown format");
@@ -555,22 +560,22 @@ static void test_builders(void)
     s = proto_json_chunk(3, 12, 2250000, 4.1, 9.8, 31.5, 30720, 0);
     CHECK(s && strcmp(s, "{\"type\":\"chunk\",\"chunk\":3,\"frames\":12,\"pts_us\":2250000,\"gen_ms\":4.1,"
                          "\"latency_ms\":9.8,\"ttff_ms\":31.5,\"kv_bytes\":30720,\"dropped\":0}") == 0,
-          "chunk: %s", s);
+          "chunk: %s", NN(s));
     free(s);
     s = proto_json_chunk(INT64_MAX, 0, UINT64_MAX, 1.0 / 3.0, NAN, -1, UINT64_MAX, 5);
     j = parse_back(s);
     CHECK(j && int_is(j, "chunk", INT64_MAX) && int_is(j, "pts_us", INT64_MAX) &&
               json_is_null(json_object_get(j, "ttff_ms")) && json_is_null(json_object_get(j, "latency_ms")) &&
               fabs(json_real_value(json_object_get(j, "gen_ms")) - 0.333) < 1e-12 && int_is(j, "dropped", 5),
-          "chunk edges: %s", s);
+          "chunk edges: %s", NN(s));
     json_decref(j);
     free(s);
 
     s = proto_json_simple("paused");
-    CHECK(s && strcmp(s, "{\"type\":\"paused\"}") == 0, "simple: %s", s);
+    CHECK(s && strcmp(s, "{\"type\":\"paused\"}") == 0, "simple: %s", NN(s));
     free(s);
     s = proto_json_ended("stopped");
-    CHECK(s && strcmp(s, "{\"type\":\"ended\",\"reason\":\"stopped\"}") == 0, "ended: %s", s);
+    CHECK(s && strcmp(s, "{\"type\":\"ended\",\"reason\":\"stopped\"}") == 0, "ended: %s", NN(s));
     free(s);
 }
 
@@ -684,7 +689,8 @@ static int write_seeds(const char *root)
         const char *name, *text;
     } js[] = {
         {"create_min.json", "{\"prompt\":\"a cat\"}"},
-        {"create_full.json", "{\"prompt\":\"caf\\u00e9 \\\"q\\\"\\n\",\"seed\":42,\"seconds\":5.5,\"format\":\"fmp4\"}"},
+        {"create_full.json",
+         "{\"prompt\":\"caf\\u00e9 \\\"q\\\"\\n\",\"seed\":42,\"seconds\":5.5,\"format\":\"fmp4\"}"},
         {"client_prompt.json", "{\"type\":\"prompt\",\"prompt\":\"a red fox \xf0\x9f\xa6\x8a\"}"},
         {"client_pause.json", "{\"type\":\"pause\"}"},
         {"client_stop.json", "{\"type\":\"stop\",\"x\":[1,2,{\"y\":null}]}"},

@@ -46,6 +46,7 @@ class Config:
     dec_t_up: int = 0        # video frames per latent frame
     chunk_frames: int = 3    # F: latent frames per chunk
     eps: float = 1e-6        # LayerNorm / RMSNorm epsilon
+    text_pos: bool = False   # tiny text encoder adds a learned position embedding (bundled models)
 
     def __post_init__(self):
         assert self.layout in ("mha", "mla"), self.layout
@@ -57,7 +58,16 @@ class Config:
 
 
 def preset(name, layout=None):
-    """Presets of MODEL.md section 1. `layout` picks "mha"/"mla" for tiny-test."""
+    """Presets of MODEL.md section 1. `layout` picks "mha"/"mla" for tiny-test and tiny-bundled.
+
+    "tiny" is kept as an alias of tiny-test (as it always was here); the engine's bundled presets
+    `tiny` (mla) and `tiny-mha` are "tiny-bundled" with layout "mla" / "mha"."""
+    if name == "tiny-bundled":
+        lay = layout or "mla"
+        return Config(name="tiny" if lay == "mla" else "tiny-mha", layout=lay, dim=256, heads=4,
+                      head_dim=64, layers=6, ffn_dim=768, freq_dim=128, latent_channels=8,
+                      text_dim=128, text_len=12, d_c=64, d_r=32, vocab=64, dec_ch=32, dec_n_up=3,
+                      dec_t_up=4, text_pos=True)
     if name in ("tiny-test", "tiny"):
         return Config(name="tiny-test", layout=layout or "mha", dim=64, heads=4, head_dim=16,
                       layers=2, ffn_dim=128, freq_dim=32, latent_channels=4, text_dim=32,
@@ -152,6 +162,8 @@ def weight_specs(cfg):
     s.append(("head.modulation", (1, 2, D), M))
     if cfg.vocab:
         s.append(("text_encoder.embed.weight", (cfg.vocab, Dt), ("normal", 1.0)))
+        if cfg.text_pos:
+            s.append(("text_encoder.pos.weight", (cfg.text_len, Dt), ("normal", 0.1)))
     if cfg.dec_ch:
         ch = cfg.dec_ch
 
@@ -449,9 +461,12 @@ class VmlaModel:
     # -- text (MODEL.md section 3) ----------------------------------------------------------------
 
     def encode_text(self, token_ids):
-        """Tiny text encoder: token ids [B, L] (0 = padding) -> [B, L, Dt]; padded rows zeroed."""
+        """Tiny text encoder: token ids [B, L] (0 = padding) -> [B, L, Dt]; padded rows zeroed.
+        With cfg.text_pos (bundled models) row i adds text_encoder.pos.weight[i]."""
         ids = torch.as_tensor(token_ids, device=self.device).long()
         emb = self.w["text_encoder.embed.weight"][ids]
+        if self.cfg.text_pos:
+            emb = emb + self.w["text_encoder.pos.weight"][None, :ids.shape[1]]
         return emb * (ids != 0).to(emb.dtype)[..., None]
 
     def text_context(self, text_emb):
@@ -728,10 +743,25 @@ def generate_chunk(model, cache, chunk, ctx_kv, seeds, latent_h, latent_w,
     return x0
 
 
-def prompt_context(model, prompts):
-    """Tiny path: list of prompt strings -> (token ids [B, L] int64, ctx [B, L, D], ctx_kv)."""
+def tokenize_vocab(text, vocab_words, text_len):
+    """Vocabulary mode of MODEL.md section 3 (bundled models): word k of `vocab_words` (a list,
+    or the space-separated "vmla.vocab" string) -> k + 2, any other word -> 1, padding 0; same
+    splitting and truncation as the hash mode. Words longer than 64 bytes are unknown."""
+    if isinstance(vocab_words, str):
+        vocab_words = vocab_words.split()
+    ids = {w: k + 2 for k, w in enumerate(vocab_words)}
+    out = [ids.get(w, 1) if len(w) <= 64 else 1 for w in vmla_rng.words(text)[:text_len]]
+    return out + [0] * (text_len - len(out))
+
+
+def prompt_context(model, prompts, vocab_words=None):
+    """Tiny path: list of prompt strings -> (token ids [B, L] int64, ctx [B, L, D], ctx_kv).
+    vocab_words: None (hash tokenizer) or the vocabulary (list or "vmla.vocab" string)."""
     cfg = model.cfg
-    ids = torch.tensor([vmla_rng.tokenize(p, cfg.vocab, cfg.text_len) for p in prompts],
-                       dtype=torch.int64, device=model.device)
+    if vocab_words is None:
+        rows = [vmla_rng.tokenize(p, cfg.vocab, cfg.text_len) for p in prompts]
+    else:
+        rows = [tokenize_vocab(p, vocab_words, cfg.text_len) for p in prompts]
+    ids = torch.tensor(rows, dtype=torch.int64, device=model.device)
     ctx = model.text_context(model.encode_text(ids))
     return ids, ctx, model.prompt_kv(ctx)
