@@ -14,7 +14,7 @@ CMAKE_FLAGS ?=
 DEB_PKGS = build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev \
            libopenblas-dev libjansson-dev libmicrohttpd-dev libwebsockets-dev \
            libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libx264-dev ffmpeg \
-           python3 python3-websocket chromium
+           python3 python3-websocket python3-numpy chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
