@@ -1,0 +1,952 @@
+/* kernels/cuda/cuda_backend.cu — the CUDA backend: device buffers, data movement, the op table,
+ * cuBLAS matrix products and the plain kernels (elementwise, norms, RoPE, layout, convolution).
+ * Attention and the KV store are in cuda_attention.cu.
+ *
+ * Modes. kn_cuda_backend_new(device, err, errlen) makes a backend whose compute dtype is bf16:
+ * the engine then keeps weights and activations in bf16, and every op computes in fp32 (fp32
+ * accumulation in cuBLAS: CUBLAS_COMPUTE_32F; fp32/fp64 statistics in the norms; RoPE and the
+ * timestep sinusoid in fp64 as the reference). Set the environment variable
+ *     VMLA_CUDA_DTYPE=f32
+ * before creating the backend to get an fp32-mode backend (compute dtype f32, plain SGEMM without
+ * TF32), which matches the CPU reference to ~1e-6 and is what the parity tests use.
+ *     VMLA_CUDA_ATTN=simple
+ * forces the simple attention kernel (the reference variant) instead of the tensor-core one
+ * (VMLA_CUDA_ATTN=tc-sync: the first tensor-core version, synchronous tile loads, for comparison).
+ *     VMLA_CUDA_NO_LT=1
+ * makes kn_linear add its bias by a broadcast and beta = 1 instead of cublasLt's bias epilogue.
+ *
+ * Every op accepts any mix of f32/bf16/f16 views (loads and stores convert); matrix products
+ * convert mismatched operands into scratch first. All ops are asynchronous on the backend's one
+ * stream; kn_sync and kn_download wait. Device memory: kn_buffer_alloc (cudaMalloc) at engine
+ * init; the backend's own scratch grows to the largest size an op needed and stays; page tables
+ * travel through a pinned ring (cuda_attention.cu). Every CUDA and cuBLAS call is checked; a
+ * failure becomes KN_ERR_DEVICE with the CUDA message on the backend (kn_backend_error).
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_internal.cuh"
+
+/* ---- errors and scratch ----------------------------------------------------------------------- */
+
+kn_status cu_fail(kn_backend_t *be, kn_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(be->err, sizeof be->err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+kn_status cu_check(kn_backend_t *be, cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess)
+        return KN_OK;
+    return cu_fail(be, KN_ERR_DEVICE, "cuda: %s: %s", what, cudaGetErrorString(e));
+}
+
+kn_status cu_launched(kn_backend_t *be, const char *what) { return cu_check(be, cudaGetLastError(), what); }
+
+static kn_status blas_check(kn_backend_t *be, cublasStatus_t s, const char *what)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return KN_OK;
+    return cu_fail(be, KN_ERR_DEVICE, "cublas: %s: %s", what, cublasGetStatusString(s));
+}
+
+void *cu_scratch(kn_backend_t *be, size_t bytes, kn_status *st)
+{
+    cu_impl *c = cu_of(be);
+    *st = KN_OK;
+    if (bytes <= c->scratch_bytes)
+        return c->scratch;
+    /* grow: wait until nothing enqueued still reads the old one */
+    size_t n = bytes + bytes / 4;
+    n = (n + 4095) / 4096 * 4096;
+    if ((*st = cu_check(be, cudaStreamSynchronize(c->stream), "scratch: sync")) != KN_OK)
+        return NULL;
+    if (c->scratch)
+        cudaFree(c->scratch);
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    if ((*st = cu_check(be, cudaMalloc(&c->scratch, n), "scratch: cudaMalloc")) != KN_OK) {
+        c->scratch = NULL;
+        *st = KN_ERR_NOMEM;
+        return NULL;
+    }
+    c->scratch_bytes = n;
+    return c->scratch;
+}
+
+static size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+/* ---- elementwise ------------------------------------------------------------------------------
+ * One kernel for every row/column-wise elementwise op: a 2-D grid, threads along the columns,
+ * uniform switch on the op. Vectors (shift, scale, gate, bias) are contiguous [1, n] views. */
+enum {
+    EW_COPY,       /* y = x */
+    EW_BCAST,      /* y[r][c] = v1[c] */
+    EW_MODULATE,   /* y = x * (1 + v2[c]) + v1[c]       (v1 shift, v2 scale) */
+    EW_GATE,       /* y += x * v1[c]                    (y is the residual) */
+    EW_ADD,        /* y += x */
+    EW_AXPBY,      /* y = a*x + b*z */
+    EW_AX,         /* y = a*x */
+    EW_GELU,       /* y = gelu_tanh(x) */
+    EW_SILU,       /* y = x / (1 + exp(-x)) */
+    EW_CLAMP,      /* y = clamp(x, a, b) */
+    EW_ROW_AFFINE, /* y = x * v1[r] + v2[r]             (v1 scale, v2 shift) */
+};
+
+__global__ void k_ew(int op, dview y, dview x, dview z, dview v1, dview v2, float a, float b, int64_t rows,
+                     int64_t cols)
+{
+    for (int64_t r = (int64_t)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (int64_t)gridDim.y * blockDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
+             c += (int64_t)gridDim.x * blockDim.x) {
+            float v;
+            switch (op) {
+            case EW_COPY: v = dv_get(x, r, c); break;
+            case EW_BCAST: v = ld_el(v1.p, v1.dt, c); break;
+            case EW_MODULATE: v = dv_get(x, r, c) * (1.0f + ld_el(v2.p, v2.dt, c)) + ld_el(v1.p, v1.dt, c); break;
+            case EW_GATE: v = dv_get(y, r, c) + dv_get(x, r, c) * ld_el(v1.p, v1.dt, c); break;
+            case EW_ADD: v = dv_get(y, r, c) + dv_get(x, r, c); break;
+            case EW_AXPBY: v = a * dv_get(x, r, c) + b * dv_get(z, r, c); break;
+            case EW_AX: v = a * dv_get(x, r, c); break;
+            case EW_GELU: {
+                float u = dv_get(x, r, c);
+                v = 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
+                break;
+            }
+            case EW_SILU: {
+                float u = dv_get(x, r, c);
+                v = u / (1.0f + expf(-u));
+                break;
+            }
+            case EW_CLAMP: {
+                float u = dv_get(x, r, c);
+                v = u < a ? a : u > b ? b : u;
+                break;
+            }
+            case EW_ROW_AFFINE: v = dv_get(x, r, c) * ld_el(v1.p, v1.dt, r) + ld_el(v2.p, v2.dt, r); break;
+            default: v = 0.0f;
+            }
+            dv_set(y, r, c, v);
+        }
+}
+
+static dview no_view(void)
+{
+    dview v;
+    v.p = NULL;
+    v.dt = KN_F32;
+    v.ld = 0;
+    return v;
+}
+
+static kn_status ew(kn_backend_t *be, int op, dview y, dview x, dview z, dview v1, dview v2, float a, float b,
+                    int64_t rows, int64_t cols, const char *name)
+{
+    if (rows <= 0 || cols <= 0)
+        return KN_OK;
+    int bx = cols >= 256 ? 256 : (int)((cols + 31) / 32 * 32);
+    int by = 256 / bx;
+    int64_t gx = (cols + bx - 1) / bx, gy = (rows + by - 1) / by;
+    if (gx > 4096)
+        gx = 4096;
+    if (gy > 65535)
+        gy = 65535;
+    k_ew<<<dim3((unsigned)gx, (unsigned)gy), dim3(bx, by), 0, cu_of(be)->stream>>>(op, y, x, z, v1, v2, a, b, rows, cols);
+    return cu_launched(be, name);
+}
+
+/* y = x with conversion, strided both sides (also used to stage operands). */
+static kn_status copy_view(kn_backend_t *be, dview y, dview x, int64_t rows, int64_t cols)
+{
+    return ew(be, EW_COPY, y, x, no_view(), no_view(), no_view(), 0, 0, rows, cols, "copy");
+}
+
+/* ---- matrix products (cuBLAS, column-major view of row-major data) -----------------------------
+ * Row-major y[N, out] = x[N, in] @ w[out, in]^T is, column-major, y^T = w^T-op(w) * x^T:
+ *   gemm(opA = T, opB = N, m = out, n = N, k = in, A = w (ld w.ld), B = x (ld x.ld), C = y (ld y.ld)).
+ * Operands of a type cuBLAS cannot pair are converted into scratch; an output type it cannot write
+ * for those inputs goes through an fp32 scratch and a copy. */
+static cudaDataType cu_dtype(int t)
+{
+    return t == KN_BF16 ? CUDA_R_16BF : t == KN_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+typedef struct {
+    dview a, b, c;   /* operands after staging */
+    dview y;         /* the real output */
+    int via_tmp;     /* c is an fp32 temporary to copy into y */
+} gemm_plan;
+
+/* Stage x, w (rows/cols given) and the output y for a product; the scratch holds what needs
+ * converting. ab: the common input type. */
+static kn_status gemm_stage(kn_backend_t *be, gemm_plan *p, kn_tensor x, kn_tensor w, kn_tensor y)
+{
+    int ab = x.dtype == w.dtype ? (int)x.dtype : KN_F32;
+    int conv_x = (int)x.dtype != ab, conv_w = (int)w.dtype != ab;
+    int via_tmp = !((int)y.dtype == ab || y.dtype == KN_F32);
+    size_t bx = conv_x ? align256((size_t)(x.rows * x.cols) * esz(ab)) : 0;
+    size_t bw = conv_w ? align256((size_t)(w.rows * w.cols) * esz(ab)) : 0;
+    size_t by = via_tmp ? align256((size_t)(y.rows * y.cols) * 4) : 0;
+    char *s = NULL;
+    kn_status st = KN_OK;
+    if (bx + bw + by) {
+        s = (char *)cu_scratch(be, bx + bw + by, &st);
+        if (!s)
+            return st;
+    }
+    p->a = cu_view(x);
+    p->b = cu_view(w);
+    p->y = cu_view(y);
+    p->c = p->y;
+    p->via_tmp = via_tmp;
+    if (conv_x) {
+        dview d = {s, ab, x.cols};
+        if ((st = copy_view(be, d, p->a, x.rows, x.cols)) != KN_OK)
+            return st;
+        p->a = d;
+    }
+    if (conv_w) {
+        dview d = {s + bx, ab, w.cols};
+        if ((st = copy_view(be, d, p->b, w.rows, w.cols)) != KN_OK)
+            return st;
+        p->b = d;
+    }
+    if (via_tmp) {
+        dview d = {s + bx + bw, KN_F32, y.cols};
+        p->c = d;
+    }
+    return KN_OK;
+}
+
+static kn_status gemm(kn_backend_t *be, cublasOperation_t opa, int m, int n, int k, dview A, long long sa, dview B,
+                      long long sb, float beta, dview C, long long sc, int batch)
+{
+    cu_impl *c = cu_of(be);
+    const float one = 1.0f;
+    int lda = (int)(A.ld > 0 ? A.ld : 1), ldb = (int)(B.ld > 0 ? B.ld : 1), ldc = (int)(C.ld > 0 ? C.ld : 1);
+    cublasStatus_t s;
+    if (batch == 1)
+        s = cublasGemmEx(c->blas, opa, CUBLAS_OP_N, m, n, k, &one, A.p, cu_dtype(A.dt), lda, B.p, cu_dtype(B.dt), ldb,
+                         &beta, C.p, cu_dtype(C.dt), ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    else
+        s = cublasGemmStridedBatchedEx(c->blas, opa, CUBLAS_OP_N, m, n, k, &one, A.p, cu_dtype(A.dt), lda, sa, B.p,
+                                       cu_dtype(B.dt), ldb, sb, &beta, C.p, cu_dtype(C.dt), ldc, sc, batch,
+                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return blas_check(be, s, "gemm");
+}
+
+/* y = x w^T + b through cublasLt with the BIAS epilogue (the bias added in fp32 before the output
+ * is rounded), when the types allow: A = w, B = x of one type, D of that type (or f32), the bias of
+ * D's type and 16-byte aligned. *done = 0 (and KN_OK) when this path does not apply or cublasLt
+ * finds no algorithm: the caller falls back to broadcast + GEMM with beta = 1. */
+static kn_status lt_linear(kn_backend_t *be, const gemm_plan *p, int m, int n, int k, kn_tensor bias, int *done)
+{
+    cu_impl *c = cu_of(be);
+    *done = 0;
+    dview bv = cu_view(bias);
+    if (!c->lt || p->a.dt != p->b.dt || bias.dtype != (kn_dtype)p->c.dt || ((uintptr_t)bv.p & 15u))
+        return KN_OK;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const void *bp = bv.p;
+    uint64_t wsb = c->blas_ws_bytes;
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    const float one = 1.0f, zero = 0.0f;
+    kn_status st = KN_OK;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
+    if (s == CUBLAS_STATUS_SUCCESS) /* A = w: stored k x m column-major (w row-major [m, k]) */
+        s = cublasLtMatrixLayoutCreate(&la, cu_dtype(p->b.dt), (uint64_t)k, (uint64_t)m, p->b.ld);
+    if (s == CUBLAS_STATUS_SUCCESS) /* B = x: k x n */
+        s = cublasLtMatrixLayoutCreate(&lb, cu_dtype(p->a.dt), (uint64_t)k, (uint64_t)n, p->a.ld);
+    if (s == CUBLAS_STATUS_SUCCESS) /* C = D = y: m x n */
+        s = cublasLtMatrixLayoutCreate(&lc, cu_dtype(p->c.dt), (uint64_t)m, (uint64_t)n, p->c.ld);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceCreate(&pref);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, lc, lc, pref, 1, &res, &nres);
+    if (s == CUBLAS_STATUS_SUCCESS && nres > 0) {
+        s = cublasLtMatmul(c->lt, op, &one, p->b.p, la, p->a.p, lb, &zero, p->c.p, lc, p->c.p, lc, &res.algo, c->blas_ws,
+                           c->blas_ws_bytes, c->stream);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            *done = 1;
+        else
+            st = blas_check(be, s, "cublasLtMatmul");
+    }
+    /* a failure before the product (no algorithm, unsupported layout) is not an error: fall back */
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (lc)
+        cublasLtMatrixLayoutDestroy(lc);
+    if (lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (la)
+        cublasLtMatrixLayoutDestroy(la);
+    if (op)
+        cublasLtMatmulDescDestroy(op);
+    return st;
+}
+
+static kn_status cu_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
+{
+    if (y.rows == 0 || y.cols == 0)
+        return KN_OK;
+    kn_status st;
+    if (x.cols == 0) { /* an empty sum: y = b or 0 */
+        if (b)
+            return ew(be, EW_BCAST, cu_view(y), no_view(), no_view(), cu_view(*b), no_view(), 0, 0, y.rows, y.cols, "linear");
+        return ew(be, EW_AX, cu_view(y), cu_view(y), no_view(), no_view(), no_view(), 0, 0, y.rows, y.cols, "linear");
+    }
+    gemm_plan p;
+    if ((st = gemm_stage(be, &p, x, w, y)) != KN_OK)
+        return st;
+    if (b) { /* the usual case: the bias fused into the product's epilogue (cublasLt) */
+        int done = 0;
+        if ((st = lt_linear(be, &p, (int)w.rows, (int)x.rows, (int)x.cols, *b, &done)) != KN_OK)
+            return st;
+        if (done)
+            return p.via_tmp ? copy_view(be, p.y, p.c, y.rows, y.cols) : KN_OK;
+    }
+    float beta = 0.0f;
+    if (b) { /* else: broadcast the bias into the output, then accumulate the product onto it (beta = 1) */
+        if ((st = ew(be, EW_BCAST, p.c, no_view(), no_view(), cu_view(*b), no_view(), 0, 0, y.rows, y.cols, "linear bias")) != KN_OK)
+            return st;
+        beta = 1.0f;
+    }
+    if ((st = gemm(be, CUBLAS_OP_T, (int)w.rows, (int)x.rows, (int)x.cols, p.b, 0, p.a, 0, beta, p.c, 0, 1)) != KN_OK)
+        return st;
+    if (p.via_tmp)
+        return copy_view(be, p.y, p.c, y.rows, y.cols);
+    return KN_OK;
+}
+
+/* Per head h (batch of `heads`), with a = x.cols/H, b = y.cols/H:
+ *   XW : y_h [N, b] = x_h [N, a] @ w[h*a .. +a, :]   -> gemm(N, N, m=b, n=N, k=a, A = w + h*a*ldw)
+ *   XWT: y_h [N, b] = x_h [N, a] @ w[h*b .. +b, :]^T -> gemm(T, N, m=b, n=N, k=a, A = w + h*b*ldw)
+ * with B = x + h*a and C = y + h*b: a strided batch. */
+static kn_status cu_matmul_heads(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, int heads,
+                                 kn_heads_mode mode)
+{
+    int64_t a = x.cols / heads, bb = y.cols / heads;
+    if (y.rows == 0 || bb == 0)
+        return KN_OK;
+    if (a == 0)
+        return ew(be, EW_AX, cu_view(y), cu_view(y), no_view(), no_view(), no_view(), 0, 0, y.rows, y.cols, "matmul_heads");
+    gemm_plan p;
+    kn_status st;
+    if ((st = gemm_stage(be, &p, x, w, y)) != KN_OK)
+        return st;
+    long long sa = mode == KN_HEADS_XW ? (long long)(a * p.b.ld) : (long long)(bb * p.b.ld);
+    st = gemm(be, mode == KN_HEADS_XW ? CUBLAS_OP_N : CUBLAS_OP_T, (int)bb, (int)x.rows, (int)a, p.b, sa, p.a,
+              (long long)a, 0.0f, p.c, (long long)bb, heads);
+    if (st != KN_OK)
+        return st;
+    if (p.via_tmp)
+        return copy_view(be, p.y, p.c, y.rows, y.cols);
+    return KN_OK;
+}
+
+/* ---- norms --------------------------------------------------------------------------------------
+ * One block per row; statistics accumulated in double (as the reference), applied in fp32. */
+#define NORM_THREADS 256
+
+__device__ double block_sum(double v, double *sh)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_down_sync(0xffffffffu, v, o);
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (l == 0)
+        sh[w] = v;
+    __syncthreads();
+    double t = 0;
+    for (int i = 0; i < (int)(blockDim.x / 32); i++)
+        t += sh[i];
+    return t;
+}
+
+__global__ void k_layernorm(dview y, dview x, dview w, dview b, int has_w, int has_b, float eps, int64_t cols)
+{
+    __shared__ double sh[32];
+    int64_t r = blockIdx.x;
+    double s = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+        s += dv_get(x, r, c);
+    double mean = block_sum(s, sh) / (double)cols;
+    double ss = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        double d = dv_get(x, r, c) - mean;
+        ss += d * d;
+    }
+    double inv = 1.0 / sqrt(block_sum(ss, sh) / (double)cols + eps);
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = (float)((dv_get(x, r, c) - mean) * inv);
+        if (has_w)
+            v *= ld_el(w.p, w.dt, c);
+        if (has_b)
+            v += ld_el(b.p, b.dt, c);
+        dv_set(y, r, c, v);
+    }
+}
+
+__global__ void k_rmsnorm(dview y, dview x, dview w, float eps, int64_t cols)
+{
+    __shared__ double sh[32];
+    int64_t r = blockIdx.x;
+    double ss = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        double v = dv_get(x, r, c);
+        ss += v * v;
+    }
+    float inv = (float)(1.0 / sqrt(block_sum(ss, sh) / (double)cols + eps));
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+        dv_set(y, r, c, dv_get(x, r, c) * inv * ld_el(w.p, w.dt, c));
+}
+
+static unsigned grid_rows(int64_t rows) { return (unsigned)rows; } /* rows < 2^31 by construction */
+
+static kn_status cu_layernorm(kn_backend_t *be, kn_tensor y, kn_tensor x, const kn_tensor *w, const kn_tensor *b,
+                              float eps)
+{
+    if (x.rows == 0 || x.cols == 0)
+        return KN_OK;
+    k_layernorm<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(
+        cu_view(y), cu_view(x), w ? cu_view(*w) : no_view(), b ? cu_view(*b) : no_view(), w != NULL, b != NULL, eps,
+        x.cols);
+    return cu_launched(be, "layernorm");
+}
+
+static kn_status cu_rmsnorm(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps)
+{
+    if (x.rows == 0 || x.cols == 0)
+        return KN_OK;
+    k_rmsnorm<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w), eps, x.cols);
+    return cu_launched(be, "rmsnorm");
+}
+
+/* ---- elementwise ops of the table --------------------------------------------------------------- */
+
+static kn_status cu_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale)
+{
+    return ew(be, EW_MODULATE, cu_view(y), cu_view(x), no_view(), cu_view(shift), cu_view(scale), 0, 0, x.rows, x.cols,
+              "modulate");
+}
+
+static kn_status cu_gate_add(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tensor *gate)
+{
+    if (gate)
+        return ew(be, EW_GATE, cu_view(x), cu_view(y), no_view(), cu_view(*gate), no_view(), 0, 0, x.rows, x.cols,
+                  "gate_add");
+    return ew(be, EW_ADD, cu_view(x), cu_view(y), no_view(), no_view(), no_view(), 0, 0, x.rows, x.cols, "gate_add");
+}
+
+static kn_status cu_axpby(kn_backend_t *be, kn_tensor y, float a, kn_tensor x, float b, const kn_tensor *z)
+{
+    if (z)
+        return ew(be, EW_AXPBY, cu_view(y), cu_view(x), cu_view(*z), no_view(), no_view(), a, b, x.rows, x.cols, "axpby");
+    return ew(be, EW_AX, cu_view(y), cu_view(x), no_view(), no_view(), no_view(), a, 0, x.rows, x.cols, "axpby");
+}
+
+static kn_status cu_gelu_tanh(kn_backend_t *be, kn_tensor y, kn_tensor x)
+{
+    return ew(be, EW_GELU, cu_view(y), cu_view(x), no_view(), no_view(), no_view(), 0, 0, x.rows, x.cols, "gelu");
+}
+
+static kn_status cu_silu(kn_backend_t *be, kn_tensor y, kn_tensor x)
+{
+    return ew(be, EW_SILU, cu_view(y), cu_view(x), no_view(), no_view(), no_view(), 0, 0, x.rows, x.cols, "silu");
+}
+
+static kn_status cu_clamp(kn_backend_t *be, kn_tensor y, kn_tensor x, float lo, float hi)
+{
+    return ew(be, EW_CLAMP, cu_view(y), cu_view(x), no_view(), no_view(), no_view(), lo, hi, x.rows, x.cols, "clamp");
+}
+
+static kn_status cu_row_affine(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor scale, kn_tensor shift)
+{
+    return ew(be, EW_ROW_AFFINE, cu_view(y), cu_view(x), no_view(), cu_view(scale), cu_view(shift), 0, 0, x.rows,
+              x.cols, "row_affine");
+}
+
+static kn_status cu_copy(kn_backend_t *be, kn_tensor y, kn_tensor x)
+{
+    /* same dtype and same place: nothing to do; same dtype, contiguous: one memcpy */
+    if (y.buf == x.buf && y.off == x.off && y.dtype == x.dtype && y.ld == x.ld)
+        return KN_OK;
+    if (y.dtype == x.dtype && x.rows > 0 && x.cols > 0) {
+        size_t es = esz(x.dtype);
+        return cu_check(be,
+                        cudaMemcpy2DAsync(cu_view(y).p, (size_t)y.ld * es, cu_view(x).p, (size_t)x.ld * es,
+                                          (size_t)x.cols * es, (size_t)x.rows, cudaMemcpyDeviceToDevice,
+                                          cu_of(be)->stream),
+                        "copy");
+    }
+    return copy_view(be, cu_view(y), cu_view(x), x.rows, x.cols);
+}
+
+/* ---- 3D RoPE --------------------------------------------------------------------------------------
+ * One thread per (token n, pair j): the angle pos * freq_j, its cos and sin in fp64 (as the
+ * reference: freq = theta^(-2k/dt) for the frame pairs [0, dt/2), theta^(-2k/ds) for the row and
+ * column pairs), applied to pair j of every head. */
+__global__ void k_rope3d(dview x, int heads, int d, int f0, int gh, int gw, double theta, int64_t ntok)
+{
+    int half = d / 2, dt = d - 4 * (d / 6), ds = 2 * (d / 6), pt = dt / 2, ps = ds / 2;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= ntok * half)
+        return;
+    int64_t n = i / half;
+    int j = (int)(i % half);
+    int64_t per = (int64_t)gh * gw;
+    int f = (int)(n / per), rem = (int)(n % per), yy = rem / gw, xx = rem % gw;
+    double freq, pos;
+    if (j < pt) {
+        freq = pow(theta, -2.0 * j / dt);
+        pos = (double)(f0 + f);
+    } else if (j < pt + ps) {
+        freq = pow(theta, -2.0 * (j - pt) / ds);
+        pos = (double)yy;
+    } else {
+        freq = pow(theta, -2.0 * (j - pt - ps) / ds);
+        pos = (double)xx;
+    }
+    double ang = pos * freq, cs = cos(ang), sn = sin(ang);
+    for (int h = 0; h < heads; h++) {
+        int64_t c = (int64_t)h * d + 2 * j;
+        double a = dv_get(x, n, c), b = dv_get(x, n, c + 1);
+        dv_set(x, n, c, (float)(a * cs - b * sn));
+        dv_set(x, n, c + 1, (float)(a * sn + b * cs));
+    }
+}
+
+static kn_status cu_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, int gh, int gw, double theta)
+{
+    int d = (int)(x.cols / heads);
+    int64_t total = x.rows * (d / 2);
+    if (total == 0)
+        return KN_OK;
+    k_rope3d<<<(unsigned)((total + 255) / 256), 256, 0, cu_of(be)->stream>>>(cu_view(x), heads, d, f0, gh, gw, theta,
+                                                                            x.rows);
+    return cu_launched(be, "rope3d");
+}
+
+/* ---- timestep sinusoid: t values travel by value, up to 64 a launch --------------------------- */
+typedef struct {
+    float t[64];
+} ts_args;
+
+__global__ void k_timestep(dview y, ts_args a, int n, int64_t half)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)n * half)
+        return;
+    int r = (int)(i / half);
+    int64_t k = i % half;
+    double ang = (double)a.t[r] * pow(10000.0, -(double)k / (double)half);
+    dv_set(y, r, k, (float)cos(ang));
+    dv_set(y, r, half + k, (float)sin(ang));
+}
+
+static kn_status cu_timestep_embed(kn_backend_t *be, kn_tensor y, const float *t, int n)
+{
+    int64_t half = y.cols / 2;
+    for (int r0 = 0; r0 < n; r0 += 64) {
+        int m = n - r0 < 64 ? n - r0 : 64;
+        ts_args a;
+        memset(&a, 0, sizeof a);
+        memcpy(a.t, t + r0, sizeof(float) * (size_t)m);
+        int64_t total = (int64_t)m * half;
+        dview yr = cu_view(y);
+        yr.p += (size_t)((int64_t)r0 * y.ld) * esz(y.dtype);
+        k_timestep<<<(unsigned)((total + 255) / 256), 256, 0, cu_of(be)->stream>>>(yr, a, m, half);
+        kn_status st = cu_launched(be, "timestep_embed");
+        if (st != KN_OK)
+            return st;
+    }
+    return KN_OK;
+}
+
+/* ---- layout ----------------------------------------------------------------------------------------
+ * patchify:   tok[(f*gh + y)*gw + x][c*4 + q*2 + r] = lat[c][(f*h + 2y + q)*w + 2x + r]
+ * unpatchify: lat[c][(f*h + 2y + q)*w + 2x + r]     = tok[(f*gh + y)*gw + x][q*2*C + r*C + c] */
+__global__ void k_patchify(dview tok, dview lat, int C, int h, int w, int64_t ntok)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= ntok * 4 * C)
+        return;
+    int64_t n = i / (4 * C);
+    int col = (int)(i % (4 * C)), c = col / 4, q = (col % 4) / 2, r = col % 2;
+    int gh = h / 2, gw = w / 2;
+    int64_t f = n / ((int64_t)gh * gw);
+    int rem = (int)(n % ((int64_t)gh * gw)), y = rem / gw, x = rem % gw;
+    dv_set(tok, n, col, dv_get(lat, c, (f * h + 2 * y + q) * w + 2 * x + r));
+}
+
+__global__ void k_unpatchify(dview lat, dview tok, int C, int h, int w, int64_t nf)
+{
+    int64_t hw = (int64_t)h * w, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)C * nf * hw)
+        return;
+    int c = (int)(i / (nf * hw));
+    int64_t col = i % (nf * hw), f = col / hw;
+    int rem = (int)(col % hw), py = rem / w, px = rem % w;
+    int y = py / 2, q = py % 2, x = px / 2, r = px % 2;
+    int64_t n = (f * (h / 2) + y) * (w / 2) + x;
+    dv_set(lat, c, col, dv_get(tok, n, (int64_t)q * 2 * C + (int64_t)r * C + c));
+}
+
+static kn_status cu_patchify(kn_backend_t *be, kn_tensor tok, kn_tensor lat, int C, int nf, int h, int w)
+{
+    int64_t total = tok.rows * tok.cols;
+    if (total == 0)
+        return KN_OK;
+    k_patchify<<<(unsigned)((total + 255) / 256), 256, 0, cu_of(be)->stream>>>(cu_view(tok), cu_view(lat), C, h, w,
+                                                                              tok.rows);
+    return cu_launched(be, "patchify");
+}
+
+static kn_status cu_unpatchify(kn_backend_t *be, kn_tensor lat, kn_tensor tok, int C, int nf, int h, int w)
+{
+    int64_t total = lat.rows * lat.cols;
+    if (total == 0)
+        return KN_OK;
+    k_unpatchify<<<(unsigned)((total + 255) / 256), 256, 0, cu_of(be)->stream>>>(cu_view(lat), cu_view(tok), C, h, w,
+                                                                                (int64_t)nf);
+    return cu_launched(be, "unpatchify");
+}
+
+/* ---- 3x3 convolution, direct ------------------------------------------------------------------------
+ * y[co][p] = b[co] + sum_{ci, ky, kx} w[co][ci*9 + ky*3 + kx] * x[ci][(py+ky-1)*W + px+kx-1] (zero
+ * padding). One thread an output pixel, blockIdx.y the output channel (its weights are the same
+ * address across the block: broadcast loads). The decoder's channel counts are small (<= 64), so
+ * this beats im2col + GEMM on memory and is simple. */
+__global__ void k_conv3x3(dview y, dview x, dview w, dview b, int has_b, int64_t co0, int64_t cin, int H, int W)
+{
+    int64_t hw = (int64_t)H * W, p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t co = co0 + blockIdx.y;
+    if (p >= hw)
+        return;
+    int py = (int)(p / W), px = (int)(p % W);
+    float acc = 0.0f;
+    for (int64_t ci = 0; ci < cin; ci++)
+        for (int ky = 0; ky < 3; ky++) {
+            int sy = py + ky - 1;
+            if (sy < 0 || sy >= H)
+                continue;
+            for (int kx = 0; kx < 3; kx++) {
+                int sx = px + kx - 1;
+                if (sx < 0 || sx >= W)
+                    continue;
+                acc += dv_get(w, co, ci * 9 + ky * 3 + kx) * dv_get(x, ci, (int64_t)sy * W + sx);
+            }
+        }
+    if (has_b)
+        acc += ld_el(b.p, b.dt, co);
+    dv_set(y, co, p, acc);
+}
+
+static kn_status cu_conv2d3x3(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b, int H, int W)
+{
+    int64_t hw = (int64_t)H * W;
+    for (int64_t c0 = 0; c0 < y.rows; c0 += 65535) {
+        int64_t n = y.rows - c0 < 65535 ? y.rows - c0 : 65535;
+        k_conv3x3<<<dim3((unsigned)((hw + 255) / 256), (unsigned)n), 256, 0, cu_of(be)->stream>>>(
+            cu_view(y), cu_view(x), cu_view(w), b ? cu_view(*b) : no_view(), b != NULL, c0, x.rows, H, W);
+        kn_status st = cu_launched(be, "conv2d3x3");
+        if (st != KN_OK)
+            return st;
+    }
+    return KN_OK;
+}
+
+__global__ void k_upsample2x(dview y, dview x, int H, int W, int64_t C)
+{
+    int64_t n = 4 * (int64_t)H * W, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= C * n)
+        return;
+    int64_t c = i / n;
+    int p = (int)(i % n), py = p / (2 * W), px = p % (2 * W);
+    dv_set(y, c, p, dv_get(x, c, (int64_t)(py / 2) * W + px / 2));
+}
+
+static kn_status cu_upsample2x(kn_backend_t *be, kn_tensor y, kn_tensor x, int H, int W)
+{
+    int64_t total = y.rows * y.cols;
+    if (total == 0)
+        return KN_OK;
+    k_upsample2x<<<(unsigned)((total + 255) / 256), 256, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), H, W, x.rows);
+    return cu_launched(be, "upsample2x");
+}
+
+/* ---- buffers and data movement ------------------------------------------------------------------- */
+
+static void *cu_mem_alloc(kn_backend_t *be, size_t bytes)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: clear it */
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_mem_free(kn_backend_t *be, void *p)
+{
+    if (p) {
+        cudaStreamSynchronize(cu_of(be)->stream);
+        cudaFree(p);
+    }
+}
+
+/* Host data (rows*cols of sdt, contiguous) into t: a straight copy when the layouts agree, else
+ * the raw bytes into scratch and a converting copy on the device. */
+static kn_status cu_upload(kn_backend_t *be, kn_tensor t, const void *src, kn_dtype sdt)
+{
+    cu_impl *c = cu_of(be);
+    int64_t n = t.rows * t.cols;
+    if (n == 0)
+        return KN_OK;
+    size_t es = esz(sdt);
+    if (sdt == t.dtype)
+        return cu_check(be,
+                        cudaMemcpy2DAsync(cu_view(t).p, (size_t)t.ld * es, src, (size_t)t.cols * es, (size_t)t.cols * es,
+                                          (size_t)t.rows, cudaMemcpyHostToDevice, c->stream),
+                        "upload");
+    kn_status st;
+    char *s = (char *)cu_scratch(be, (size_t)n * es, &st);
+    if (!s)
+        return st;
+    if ((st = cu_check(be, cudaMemcpyAsync(s, src, (size_t)n * es, cudaMemcpyHostToDevice, c->stream), "upload")) != KN_OK)
+        return st;
+    dview d = {s, (int)sdt, t.cols};
+    return copy_view(be, cu_view(t), d, t.rows, t.cols);
+}
+
+static kn_status cu_download(kn_backend_t *be, kn_tensor t, float *dst)
+{
+    cu_impl *c = cu_of(be);
+    int64_t n = t.rows * t.cols;
+    kn_status st = KN_OK;
+    if (n > 0) {
+        if (t.dtype == KN_F32) {
+            st = cu_check(be,
+                          cudaMemcpy2DAsync(dst, (size_t)t.cols * 4, cu_view(t).p, (size_t)t.ld * 4, (size_t)t.cols * 4,
+                                            (size_t)t.rows, cudaMemcpyDeviceToHost, c->stream),
+                          "download");
+        } else {
+            char *s = (char *)cu_scratch(be, (size_t)n * 4, &st);
+            if (!s)
+                return st;
+            dview d = {s, KN_F32, t.cols};
+            if ((st = copy_view(be, d, cu_view(t), t.rows, t.cols)) != KN_OK)
+                return st;
+            st = cu_check(be, cudaMemcpyAsync(dst, s, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream), "download");
+        }
+        if (st != KN_OK)
+            return st;
+    }
+    return cu_check(be, cudaStreamSynchronize(c->stream), "download: sync");
+}
+
+static kn_status cu_sync(kn_backend_t *be)
+{
+    kn_status st = cu_check(be, cudaStreamSynchronize(cu_of(be)->stream), "sync");
+    if (st != KN_OK)
+        return st;
+    return cu_launched(be, "sync");
+}
+
+static void cu_destroy(kn_backend_t *be)
+{
+    cu_impl *c = cu_of(be);
+    if (c) {
+        if (c->stream)
+            cudaStreamSynchronize(c->stream);
+        if (c->blas)
+            cublasDestroy(c->blas);
+        if (c->lt)
+            cublasLtDestroy(c->lt);
+        cudaFree(c->blas_ws);
+        cudaFree(c->scratch);
+        cudaFree(c->dev_pages);
+        cudaFreeHost(c->pin_pages);
+        if (c->stream)
+            cudaStreamDestroy(c->stream);
+        free(c);
+    }
+    free(be);
+}
+
+static const kn_backend_ops cu_ops_template = {
+    /* .name */ "cuda",
+    /* .compute_dtype */ KN_BF16,
+    cu_destroy,
+    cu_mem_alloc,
+    cu_mem_free,
+    cu_upload,
+    cu_download,
+    cu_sync,
+    cu_linear,
+    cu_matmul_heads,
+    cu_layernorm,
+    cu_rmsnorm,
+    cu_modulate,
+    cu_gate_add,
+    cu_axpby,
+    cu_gelu_tanh,
+    cu_silu,
+    cu_clamp,
+    cu_row_affine,
+    cu_copy,
+    cu_rope3d,
+    cu_timestep_embed,
+    cu_attention,
+    cu_kv_store,
+    cu_patchify,
+    cu_unpatchify,
+    cu_conv2d3x3,
+    cu_upsample2x,
+};
+
+#define RING0 (1u << 16) /* page indices in the staging ring at start */
+#define BLAS_WS (32u << 20)
+
+extern "C" kn_backend_t *kn_cuda_backend_new(int device, char *err, size_t errlen)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n <= 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "no CUDA device%s%s", e != cudaSuccess ? ": " : "",
+                     e != cudaSuccess ? cudaGetErrorString(e) : "");
+        cudaGetLastError();
+        return NULL;
+    }
+    if (device < 0 || device >= n) {
+        if (err && errlen)
+            snprintf(err, errlen, "CUDA device %d does not exist (%d found)", device, n);
+        return NULL;
+    }
+    kn_backend_t *be = (kn_backend_t *)calloc(1, sizeof *be);
+    cu_impl *c = (cu_impl *)calloc(1, sizeof *c);
+    const char *what = "";
+    cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
+    if (!be || !c) {
+        free(be);
+        free(c);
+        if (err && errlen)
+            snprintf(err, errlen, "out of host memory");
+        return NULL;
+    }
+    be->impl = c;
+    c->ops = cu_ops_template;
+    be->ops = &c->ops;
+    c->device = device;
+    const char *mode = getenv("VMLA_CUDA_DTYPE");
+    if (mode && (!strcmp(mode, "f32") || !strcmp(mode, "fp32") || !strcmp(mode, "F32")))
+        c->ops.compute_dtype = KN_F32;
+    else if (mode && *mode && strcmp(mode, "bf16")) {
+        if (err && errlen)
+            snprintf(err, errlen, "VMLA_CUDA_DTYPE='%s': expected f32 or bf16", mode);
+        free(c);
+        free(be);
+        return NULL;
+    }
+    if ((e = cudaSetDevice(device)) != cudaSuccess) {
+        what = "cudaSetDevice";
+        goto bad;
+    }
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        what = "cudaStreamCreate";
+        goto bad;
+    }
+    if ((bs = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS) {
+        c->blas = NULL;
+        what = "cublasCreate";
+        goto bad;
+    }
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS)
+        c->lt = NULL; /* optional: kn_linear falls back to broadcast + GEMM */
+    if (getenv("VMLA_CUDA_NO_LT"))
+        c->lt = NULL;
+    c->blas_ws_bytes = BLAS_WS;
+    if ((e = cudaMalloc(&c->blas_ws, c->blas_ws_bytes)) != cudaSuccess) {
+        what = "cudaMalloc (cuBLAS workspace)";
+        goto bad;
+    }
+    if ((bs = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS) {
+        what = "cublas setup";
+        goto bad;
+    }
+    c->ring_cap = RING0;
+    if ((e = cudaMallocHost(&c->pin_pages, c->ring_cap * sizeof(int32_t))) != cudaSuccess) {
+        c->pin_pages = NULL;
+        what = "cudaMallocHost (page ring)";
+        goto bad;
+    }
+    if ((e = cudaMalloc(&c->dev_pages, c->ring_cap * sizeof(int32_t))) != cudaSuccess) {
+        c->dev_pages = NULL;
+        what = "cudaMalloc (page ring)";
+        goto bad;
+    }
+    if ((e = cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess) {
+        what = "cudaDeviceGetAttribute";
+        goto bad;
+    }
+    {
+        const char *am = getenv("VMLA_CUDA_ATTN");
+        int want_tc = !(am && !strcmp(am, "simple"));
+        c->attn_tc = cu_attention_probe(be, want_tc);
+        if (c->attn_tc && am && !strcmp(am, "tc-sync"))
+            c->attn_tc = 2;
+        if (be->err[0]) { /* the probe itself failed on the device */
+            if (err && errlen)
+                snprintf(err, errlen, "%s", be->err);
+            cu_destroy(be);
+            return NULL;
+        }
+    }
+    return be;
+bad:
+    if (err && errlen) {
+        if (bs != CUBLAS_STATUS_SUCCESS)
+            snprintf(err, errlen, "cuda backend: %s: %s", what, cublasGetStatusString(bs));
+        else
+            snprintf(err, errlen, "cuda backend: %s: %s", what, cudaGetErrorString(e));
+    }
+    cudaGetLastError();
+    cu_destroy(be);
+    return NULL;
+}
+
+/* For tests and benchmarks: which attention kernel this backend uses ("tensor-core" or "simple").
+ * Declared where used (tests/kernels/test_backend.c, bench/gpu_bench.c). */
+extern "C" const char *kn_cuda_attention_variant(const kn_backend_t *be)
+{
+    if (!be || strcmp(be->ops->name, "cuda"))
+        return "none";
+    int v = ((const cu_impl *)be->impl)->attn_tc;
+    return v == 1 ? "tensor-core" : v == 2 ? "tensor-core-sync" : "simple";
+}

@@ -1,0 +1,109 @@
+/* kernels/cuda/cuda_internal.cuh — what the CUDA backend's .cu files share (C++; never included
+ * from C). The public entry point is kn_cuda_backend_new (kernels/backend.h); everything here is
+ * private to kernels/cuda/.
+ *
+ * Device views: a kernel sees a tensor as a `dview` — a pointer to element (0, 0), its dtype and its
+ * row stride in elements — and loads/stores floats through it, converting on the fly; every op
+ * therefore accepts f32, bf16 and f16 tensors in any mix, and computes in fp32.
+ */
+#ifndef VMLA_KERNELS_CUDA_INTERNAL_CUH
+#define VMLA_KERNELS_CUDA_INTERNAL_CUH
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "kernels/backend_impl.h"
+}
+
+/* ---- the backend's state ----------------------------------------------------------------------- */
+
+typedef struct {
+    kn_backend_ops ops; /* a copy of the table: compute_dtype depends on the mode */
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cublasLtHandle_t lt; /* for kn_linear with a bias: the bias add fused as a GEMM epilogue */
+    void *blas_ws; /* cuBLAS workspace, fixed size, set once */
+    size_t blas_ws_bytes;
+    void *scratch; /* grows to the largest size an op has needed, then stays */
+    size_t scratch_bytes;
+    int32_t *pin_pages; /* pinned staging ring for page tables (host) ... */
+    int32_t *dev_pages; /* ... and its device twin */
+    size_t ring_cap, ring_pos;
+    int attn_tc;        /* attention kernel: 0 simple, 1 tensor cores (pipelined), 2 tensor cores
+                           with synchronous tile loads (the first version, kept for comparison) */
+    int smem_optin;     /* bytes of dynamic shared memory a block may opt in to */
+} cu_impl;
+
+/* Bytes of an element (kernels/backend.c has kn_dtype_size; kept local so vmla_cuda links alone). */
+static inline size_t esz(int t) { return t == KN_F32 ? 4 : 2; }
+
+static inline cu_impl *cu_of(kn_backend_t *be) { return (cu_impl *)be->impl; }
+
+/* Record a message on the backend (kernels/backend.c's kn_fail has C linkage we avoid depending on,
+ * so that vmla_cuda needs nothing from vmla_kernels). Returns st. */
+kn_status cu_fail(kn_backend_t *be, kn_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* KN_OK, or KN_ERR_DEVICE with "what: <CUDA message>" recorded. */
+kn_status cu_check(kn_backend_t *be, cudaError_t e, const char *what);
+/* The last launch's error, if any (cudaGetLastError). */
+kn_status cu_launched(kn_backend_t *be, const char *what);
+/* Device scratch of at least `bytes` (valid until the next call; stream-ordered reuse is safe). */
+void *cu_scratch(kn_backend_t *be, size_t bytes, kn_status *st);
+/* Copy n page indices from host memory to device memory through the pinned ring; returns the
+ * device pointer (valid for work enqueued next on the stream), or NULL with *st set. */
+const int32_t *cu_pages(kn_backend_t *be, const int32_t *host, int64_t n, kn_status *st);
+
+/* ---- device views ------------------------------------------------------------------------------ */
+
+typedef struct {
+    char *p;    /* element (0, 0) */
+    int dt;     /* kn_dtype */
+    int64_t ld; /* elements between rows */
+} dview;
+
+static inline dview cu_view(kn_tensor t)
+{
+    dview v;
+    v.p = (char *)t.buf->ptr + t.off;
+    v.dt = (int)t.dtype;
+    v.ld = t.ld;
+    return v;
+}
+
+__device__ __forceinline__ float ld_el(const char *p, int dt, int64_t i)
+{
+    if (dt == KN_BF16)
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    if (dt == KN_F16)
+        return __half2float(((const __half *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+__device__ __forceinline__ void st_el(char *p, int dt, int64_t i, float v)
+{
+    if (dt == KN_BF16)
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+    else if (dt == KN_F16)
+        ((__half *)p)[i] = __float2half_rn(v);
+    else
+        ((float *)p)[i] = v;
+}
+
+__device__ __forceinline__ float dv_get(dview v, int64_t r, int64_t c) { return ld_el(v.p, v.dt, r * v.ld + c); }
+__device__ __forceinline__ void dv_set(dview v, int64_t r, int64_t c, float x) { st_el(v.p, v.dt, r * v.ld + c, x); }
+
+/* ---- attention (cuda_attention.cu) ------------------------------------------------------------- */
+
+/* Set the attention kernels' shared-memory limits; with want_tc, probe the tensor-core accumulator
+ * layout the fast kernel relies on. Returns 1 when the tensor-core kernel may be used. A device
+ * failure leaves a message in be->err. */
+int cu_attention_probe(kn_backend_t *be, int want_tc);
+kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
+                       float scale);
+kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+
+#endif

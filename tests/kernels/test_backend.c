@@ -1,0 +1,767 @@
+/* tests/kernels/test_backend.c — vmla-test-backend: the CUDA backend against the CPU reference.
+ *
+ * Every op of kernels/backend.h runs on both backends over the same fresh random inputs, at several
+ * shapes (odd sizes, strided views, aliasing where the op allows it), in the CUDA backend's fp32
+ * mode (VMLA_CUDA_DTYPE=f32) and its bf16 mode (the default). Inputs given to the CPU are first
+ * rounded to the GPU tensor's dtype, so both see the same numbers; the error measured is the
+ * normalised error ||gpu - cpu|| / ||cpu|| over the output:
+ *     fp32 mode  < 1e-5   (same math; only the order of fp32 sums differs)
+ *     bf16 mode  < 2e-2   (bf16 storage of the output alone costs ~2^-9 relative; the tensor-core
+ *                          attention also rounds the probabilities to bf16)
+ * Any NaN or Inf fails. Each GPU output lives in its own buffer with 256 bytes before and after
+ * it (and the padding of strided rows) filled with a sentinel; the sentinel must be intact after
+ * the op. Inputs are followed by the sentinel too, a NaN in bf16/f16/f32, so reading past an
+ * input shows up as a NaN in the output.
+ *
+ * Attention runs paged (pages out of order, partial last page), contiguous, MHA (kv_heads = q
+ * heads), MLA (kv_heads 1, dk = d_c + d_r != dv), GQA, with bf16 and f32 KV storage and up to 5000
+ * keys, on the tensor-core kernel, its first (synchronous-load) version and the simple one
+ * (VMLA_CUDA_ATTN=tc-sync / simple); kn_linear also without cublasLt (bias by broadcast).
+ *
+ * Finally whole generations: the tiny-test presets with the golden weights, 3 chunks through
+ * engine/engine.h, GPU vs CPU: fp32 mode within 1e-4 relative (latents; measured 2.6e-7), bf16
+ * mode within ENGINE_BF16_TOL = 5e-2 (measured 5.3e-3 .. 7.0e-3: bf16 weights, activations and KV
+ * through 2 layers x 5 passes x 3 chunks, each rounding ~2^-9; the bound leaves ~8x margin for
+ * other GPUs and cuBLAS algorithm choices while still catching a wrong op, which gives O(1)).
+ *
+ * Without a CUDA device (or in a build without CUDA) it prints "skip: no CUDA device" and exits 0.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "kernels/backend.h"
+#include "tests/check.h"
+
+/* from kernels/cuda/cuda_backend.cu */
+const char *kn_cuda_attention_variant(const kn_backend_t *be);
+
+#define SENT 0x7fc07fc0u /* NaN as f32, and both halves NaN as bf16 and f16 */
+#define PAD 256          /* bytes of sentinel before and after every tensor */
+#define TOL_F32 1e-5
+#define TOL_BF16 2e-2
+#define ENGINE_F32_TOL 1e-4
+#define ENGINE_BF16_TOL 0.05 /* measured 0.0053-0.0070 on an H200 (bench/RESULTS.md): ~8x margin */
+
+static kn_backend_t *cpu, *gpu;
+static kn_dtype gdt; /* the GPU backend's compute dtype in this pass */
+static const char *mode;
+
+/* ---- statistics ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    char name[64];
+    double worst;
+    int cases;
+} opstat;
+static opstat stats[256];
+static int nstats;
+
+static void record(const char *op, double err)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s/%s", op, mode);
+    for (int i = 0; i < nstats; i++)
+        if (!strcmp(stats[i].name, name)) {
+            stats[i].cases++;
+            if (!(err <= stats[i].worst))
+                stats[i].worst = err;
+            return;
+        }
+    if (nstats < 256) {
+        snprintf(stats[nstats].name, sizeof stats[nstats].name, "%s", name);
+        stats[nstats].worst = err;
+        stats[nstats].cases = 1;
+        nstats++;
+    }
+}
+
+/* ---- random numbers and rounding ----------------------------------------------------------------- */
+
+static uint64_t rs = 0x9e3779b97f4a7c15ull;
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
+    return (float)((rs >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static float round_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u)
+        return f;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static float round_to(kn_dtype t, float f) { return t == KN_BF16 ? round_bf16(f) : f; }
+
+static float *rnd(size_t n, float amp)
+{
+    float *a = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        a[i] = amp * frand();
+    return a;
+}
+
+/* ---- tensor pairs: the same tensor on both backends ------------------------------------------- */
+
+typedef struct {
+    kn_buffer_t *gb, *cb;
+    kn_tensor g, c;
+    size_t gbytes;
+} tp;
+
+static size_t dsz(kn_dtype t) { return kn_dtype_size(t); }
+
+static kn_buffer_t *sentinel_buf(kn_backend_t *be, size_t bytes)
+{
+    kn_buffer_t *b = kn_buffer_alloc(be, bytes);
+    if (!b) {
+        fprintf(stderr, "test_backend: cannot allocate %zu bytes on %s: %s\n", bytes, kn_backend_name(be),
+                kn_backend_error(be));
+        exit(2);
+    }
+    size_t n = bytes / 4;
+    uint32_t *s = malloc(4 * n);
+    for (size_t i = 0; i < n; i++)
+        s[i] = SENT;
+    kn_tensor t = {b, 0, KN_F32, 1, (int64_t)n, (int64_t)n};
+    if (kn_upload(be, t, s, KN_F32) != KN_OK) {
+        fprintf(stderr, "test_backend: sentinel upload: %s\n", kn_backend_error(be));
+        exit(2);
+    }
+    free(s);
+    return b;
+}
+
+/* A [rows, cols] tensor with row stride ld: dtype gt on the GPU, ct on the CPU. */
+static tp mk2(kn_dtype gt, kn_dtype ct, int64_t rows, int64_t cols, int64_t ld)
+{
+    tp p;
+    int64_t span = rows > 0 ? (rows - 1) * ld + cols : 0;
+    p.gbytes = (PAD + (size_t)span * dsz(gt) + PAD + 3) / 4 * 4;
+    size_t cbytes = (PAD + (size_t)span * dsz(ct) + PAD + 3) / 4 * 4;
+    p.gb = sentinel_buf(gpu, p.gbytes);
+    p.cb = sentinel_buf(cpu, cbytes);
+    p.g = (kn_tensor){p.gb, PAD, gt, rows, cols, ld};
+    p.c = (kn_tensor){p.cb, PAD, ct, rows, cols, ld};
+    return p;
+}
+static tp mk(int64_t rows, int64_t cols, int64_t ld) { return mk2(gdt, KN_F32, rows, cols, ld); }
+
+static void drop(tp *p)
+{
+    kn_buffer_free(gpu, p->gb);
+    kn_buffer_free(cpu, p->cb);
+}
+
+/* Upload host values (rows*cols) to both; the CPU gets them rounded to the GPU dtype. */
+static void put(tp *p, const float *h)
+{
+    size_t n = (size_t)(p->g.rows * p->g.cols);
+    float *r = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        r[i] = round_to(p->g.dtype, h[i]);
+    CHECK(kn_upload(gpu, p->g, h, KN_F32) == KN_OK, "upload gpu: %s", kn_backend_error(gpu));
+    CHECK(kn_upload(cpu, p->c, r, KN_F32) == KN_OK, "upload cpu: %s", kn_backend_error(cpu));
+    free(r);
+}
+static void put_rnd(tp *p, float amp)
+{
+    float *h = rnd((size_t)(p->g.rows * p->g.cols), amp);
+    put(p, h);
+    free(h);
+}
+
+/* The GPU buffer's bytes outside the view still hold the sentinel. */
+static int guard_ok(const tp *p)
+{
+    size_t n = p->gbytes / 4;
+    float *raw = malloc(4 * n);
+    kn_tensor t = {p->gb, 0, KN_F32, 1, (int64_t)n, (int64_t)n};
+    if (kn_download(gpu, t, raw) != KN_OK) {
+        free(raw);
+        return 0;
+    }
+    const unsigned char *b = (const unsigned char *)raw;
+    size_t es = dsz(p->g.dtype);
+    int ok = 1;
+    for (size_t off = 0; off + es <= p->gbytes && ok; off += es) {
+        int inside = 0;
+        if (off >= PAD && p->g.rows > 0 && p->g.cols > 0) {
+            size_t e = (off - PAD) / es;
+            int64_t r = (int64_t)(e / (size_t)p->g.ld), c = (int64_t)(e % (size_t)p->g.ld);
+            inside = (off - PAD) % es == 0 && r < p->g.rows && c < p->g.cols;
+        }
+        if (inside)
+            continue;
+        uint32_t s = SENT;
+        const unsigned char *sb = (const unsigned char *)&s;
+        for (size_t k = 0; k < es; k++)
+            if (b[off + k] != sb[(off + k) % 4])
+                ok = 0;
+    }
+    free(raw);
+    return ok;
+}
+
+/* Compare the output pair; tol by mode unless given (> 0). */
+static void cmp(const char *op, const char *what, tp *p, double tol)
+{
+    if (tol <= 0)
+        tol = gdt == KN_F32 ? TOL_F32 : TOL_BF16;
+    size_t n = (size_t)(p->g.rows * p->g.cols);
+    float *a = malloc(sizeof(float) * (n ? n : 1)), *r = malloc(sizeof(float) * (n ? n : 1));
+    kn_status sg = kn_download(gpu, p->g, a), sc = kn_download(cpu, p->c, r);
+    CHECK(sg == KN_OK && sc == KN_OK, "%s %s: download: %s / %s", op, what, kn_backend_error(gpu), kn_backend_error(cpu));
+    double num = 0, den = 0;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(r[i]))
+            bad = 1;
+        double d = (double)a[i] - r[i];
+        num += d * d;
+        den += (double)r[i] * r[i];
+    }
+    double err = bad ? INFINITY : den > 0 ? sqrt(num / den) : sqrt(num);
+    record(op, err);
+    CHECK(err < tol, "%s/%s %s: normalised error %.3g (tol %.1g)%s", op, mode, what, err, tol, bad ? " NaN/Inf" : "");
+    CHECK(guard_ok(p), "%s/%s %s: wrote outside its view", op, mode, what);
+    free(a);
+    free(r);
+}
+
+static void ok_both(kn_status sg, kn_status sc, const char *op, const char *what)
+{
+    CHECK(sg == KN_OK, "%s %s: gpu: %s (%s)", op, what, kn_strerror(sg), kn_backend_error(gpu));
+    CHECK(sc == KN_OK, "%s %s: cpu: %s (%s)", op, what, kn_strerror(sc), kn_backend_error(cpu));
+}
+
+/* ---- the ops ------------------------------------------------------------------------------------- */
+
+static const int64_t ROWS[] = {1, 7, 33, 257};
+static const int64_t COLS[] = {6, 18, 130};
+
+static void t_linear(int64_t N, int64_t in, int64_t out, int bias, int strided)
+{
+    char what[96];
+    snprintf(what, sizeof what, "N%lld in%lld out%lld%s%s", (long long)N, (long long)in, (long long)out,
+             bias ? " bias" : "", strided ? " strided" : "");
+    int s = strided ? 5 : 0;
+    tp x = mk(N, in, in + s), w = mk(out, in, in), y = mk(N, out, out + s), b = mk(1, out, out);
+    put_rnd(&x, 1);
+    put_rnd(&w, 0.3f);
+    put_rnd(&b, 1);
+    ok_both(kn_linear(gpu, y.g, x.g, w.g, bias ? &b.g : NULL), kn_linear(cpu, y.c, x.c, w.c, bias ? &b.c : NULL),
+            "linear", what);
+    cmp("linear", what, &y, 0);
+    drop(&x), drop(&w), drop(&y), drop(&b);
+}
+
+static void t_heads(int64_t N, int H, int64_t a, int64_t bb, kn_heads_mode md)
+{
+    char what[96];
+    snprintf(what, sizeof what, "N%lld H%d a%lld b%lld %s", (long long)N, H, (long long)a, (long long)bb,
+             md == KN_HEADS_XW ? "xw" : "xwt");
+    tp x = mk(N, H * a, H * a + 3), y = mk(N, H * bb, H * bb + 2);
+    tp w = md == KN_HEADS_XW ? mk(H * a, bb, bb) : mk(H * bb, a, a);
+    put_rnd(&x, 1);
+    put_rnd(&w, 0.3f);
+    ok_both(kn_matmul_heads(gpu, y.g, x.g, w.g, H, md), kn_matmul_heads(cpu, y.c, x.c, w.c, H, md), "matmul_heads",
+            what);
+    cmp("matmul_heads", what, &y, 0);
+    drop(&x), drop(&w), drop(&y);
+}
+
+/* Row-wise and elementwise ops over [rows, cols] (strided when s > 0); alias: y is x. */
+enum { E_LN, E_LN_AFF, E_RMS, E_MOD, E_GATE, E_GATE1, E_AXPBY, E_AX, E_GELU, E_SILU, E_CLAMP, E_ROWAFF, E_N };
+static const char *ENAME[E_N] = {"layernorm", "layernorm_affine", "rmsnorm", "modulate", "gate_add", "gate_add_nogate",
+                                 "axpby", "axpby_noz", "gelu_tanh", "silu", "clamp", "row_affine"};
+
+static void t_elem(int op, int64_t rows, int64_t cols, int s, int alias)
+{
+    char what[96];
+    snprintf(what, sizeof what, "%lldx%lld%s%s", (long long)rows, (long long)cols, s ? " strided" : "",
+             alias ? " in-place" : "");
+    tp x = mk(rows, cols, cols + s), z = mk(rows, cols, cols), v1 = mk(1, cols, cols), v2 = mk(1, cols, cols);
+    tp r1 = mk(1, rows, rows), r2 = mk(rows, 1, 1);
+    tp y = alias ? x : mk(rows, cols, cols + 2 * s);
+    put_rnd(&x, op == E_CLAMP ? 2.0f : 3.0f);
+    put_rnd(&z, 1);
+    put_rnd(&v1, 1);
+    put_rnd(&v2, 1);
+    put_rnd(&r1, 1);
+    put_rnd(&r2, 1);
+    if (op == E_GATE || op == E_GATE1) /* x is the residual (in/out), y the addend */
+        put_rnd(&y, 1);
+    kn_status sg = KN_OK, sc = KN_OK;
+    switch (op) {
+    case E_LN:
+        sg = kn_layernorm(gpu, y.g, x.g, NULL, NULL, 1e-6f), sc = kn_layernorm(cpu, y.c, x.c, NULL, NULL, 1e-6f);
+        break;
+    case E_LN_AFF:
+        sg = kn_layernorm(gpu, y.g, x.g, &v1.g, &v2.g, 1e-6f), sc = kn_layernorm(cpu, y.c, x.c, &v1.c, &v2.c, 1e-6f);
+        break;
+    case E_RMS: sg = kn_rmsnorm(gpu, y.g, x.g, v1.g, 1e-6f), sc = kn_rmsnorm(cpu, y.c, x.c, v1.c, 1e-6f); break;
+    case E_MOD: sg = kn_modulate(gpu, y.g, x.g, v1.g, v2.g), sc = kn_modulate(cpu, y.c, x.c, v1.c, v2.c); break;
+    case E_GATE: sg = kn_gate_add(gpu, y.g, z.g, &v1.g), sc = kn_gate_add(cpu, y.c, z.c, &v1.c); break;
+    case E_GATE1: sg = kn_gate_add(gpu, y.g, z.g, NULL), sc = kn_gate_add(cpu, y.c, z.c, NULL); break;
+    case E_AXPBY: sg = kn_axpby(gpu, y.g, 0.7f, x.g, -1.3f, &z.g), sc = kn_axpby(cpu, y.c, 0.7f, x.c, -1.3f, &z.c); break;
+    case E_AX: sg = kn_axpby(gpu, y.g, -2.5f, x.g, 0, NULL), sc = kn_axpby(cpu, y.c, -2.5f, x.c, 0, NULL); break;
+    case E_GELU: sg = kn_gelu_tanh(gpu, y.g, x.g), sc = kn_gelu_tanh(cpu, y.c, x.c); break;
+    case E_SILU: sg = kn_silu(gpu, y.g, x.g), sc = kn_silu(cpu, y.c, x.c); break;
+    case E_CLAMP: sg = kn_clamp(gpu, y.g, x.g, -0.5f, 1.0f), sc = kn_clamp(cpu, y.c, x.c, -0.5f, 1.0f); break;
+    case E_ROWAFF:
+        /* scale as [1, rows], shift as [rows, 1]: both vector shapes */
+        sg = kn_row_affine(gpu, y.g, x.g, r1.g, r2.g), sc = kn_row_affine(cpu, y.c, x.c, r1.c, r2.c);
+        break;
+    }
+    ok_both(sg, sc, ENAME[op], what);
+    cmp(ENAME[op], what, &y, 0);
+    if (!alias)
+        drop(&y);
+    drop(&x), drop(&z), drop(&v1), drop(&v2), drop(&r1), drop(&r2);
+}
+
+static void t_copy(kn_dtype from, kn_dtype to, int64_t rows, int64_t cols)
+{
+    char what[96];
+    snprintf(what, sizeof what, "%s->%s %lldx%lld", kn_dtype_name(from), kn_dtype_name(to), (long long)rows,
+             (long long)cols);
+    /* the CPU holds the same dtypes: its copy converts too */
+    tp x = mk2(from, from, rows, cols, cols + 1), y = mk2(to, to, rows, cols, cols + 4);
+    float *h = rnd((size_t)(rows * cols), 5);
+    CHECK(kn_upload(gpu, x.g, h, KN_F32) == KN_OK && kn_upload(cpu, x.c, h, KN_F32) == KN_OK, "copy upload");
+    free(h);
+    ok_both(kn_copy(gpu, y.g, x.g), kn_copy(cpu, y.c, x.c), "copy", what);
+    cmp("copy", what, &y, to == KN_F32 && from == KN_F32 ? 1e-7 : 0);
+    drop(&x), drop(&y);
+}
+
+static void t_rope(int heads, int d, int f0, int nf, int gh, int gw)
+{
+    char what[96];
+    snprintf(what, sizeof what, "H%d d%d f0 %d grid %dx%dx%d", heads, d, f0, nf, gh, gw);
+    int64_t rows = (int64_t)nf * gh * gw;
+    tp x = mk(rows, (int64_t)heads * d, (int64_t)heads * d + 4);
+    put_rnd(&x, 1);
+    ok_both(kn_rope3d(gpu, x.g, heads, f0, nf, gh, gw, 10000.0), kn_rope3d(cpu, x.c, heads, f0, nf, gh, gw, 10000.0),
+            "rope3d", what);
+    cmp("rope3d", what, &x, 0);
+    drop(&x);
+}
+
+static void t_timestep(int n, int64_t dim)
+{
+    char what[64];
+    snprintf(what, sizeof what, "n%d dim%lld", n, (long long)dim);
+    float *t = malloc(sizeof(float) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        t[i] = 500.0f + 500.0f * frand();
+    tp y = mk(n, dim, dim + 2);
+    ok_both(kn_timestep_embed(gpu, y.g, t, n), kn_timestep_embed(cpu, y.c, t, n), "timestep_embed", what);
+    cmp("timestep_embed", what, &y, 0);
+    drop(&y);
+    free(t);
+}
+
+static void t_patch(int C, int nf, int h, int w)
+{
+    char what[64];
+    snprintf(what, sizeof what, "C%d %dx%dx%d", C, nf, h, w);
+    int64_t ntok = (int64_t)nf * (h / 2) * (w / 2);
+    tp lat = mk(C, (int64_t)nf * h * w, (int64_t)nf * h * w + 3), tok = mk(ntok, 4 * C, 4 * C + 1);
+    put_rnd(&lat, 1);
+    ok_both(kn_patchify(gpu, tok.g, lat.g, C, nf, h, w), kn_patchify(cpu, tok.c, lat.c, C, nf, h, w), "patchify", what);
+    cmp("patchify", what, &tok, 1e-7);
+    tp tok2 = mk(ntok, 4 * C, 4 * C), lat2 = mk(C, (int64_t)nf * h * w, (int64_t)nf * h * w + 1);
+    put_rnd(&tok2, 1);
+    ok_both(kn_unpatchify(gpu, lat2.g, tok2.g, C, nf, h, w), kn_unpatchify(cpu, lat2.c, tok2.c, C, nf, h, w),
+            "unpatchify", what);
+    cmp("unpatchify", what, &lat2, 1e-7);
+    drop(&lat), drop(&tok), drop(&tok2), drop(&lat2);
+}
+
+static void t_conv(int64_t cin, int64_t cout, int H, int W, int bias)
+{
+    char what[64];
+    snprintf(what, sizeof what, "%lld->%lld %dx%d%s", (long long)cin, (long long)cout, H, W, bias ? " bias" : "");
+    int64_t hw = (int64_t)H * W;
+    tp x = mk(cin, hw, hw + 2), w = mk(cout, cin * 9, cin * 9), b = mk(1, cout, cout), y = mk(cout, hw, hw + 5);
+    put_rnd(&x, 1);
+    put_rnd(&w, 0.3f);
+    put_rnd(&b, 1);
+    ok_both(kn_conv2d3x3(gpu, y.g, x.g, w.g, bias ? &b.g : NULL, H, W),
+            kn_conv2d3x3(cpu, y.c, x.c, w.c, bias ? &b.c : NULL, H, W), "conv2d3x3", what);
+    cmp("conv2d3x3", what, &y, 0);
+    drop(&x), drop(&w), drop(&b), drop(&y);
+}
+
+static void t_upsample(int64_t C, int H, int W)
+{
+    char what[64];
+    snprintf(what, sizeof what, "C%lld %dx%d", (long long)C, H, W);
+    int64_t hw = (int64_t)H * W;
+    tp x = mk(C, hw, hw + 1), y = mk(C, 4 * hw, 4 * hw + 3);
+    put_rnd(&x, 1);
+    ok_both(kn_upsample2x(gpu, y.g, x.g, H, W), kn_upsample2x(cpu, y.c, x.c, H, W), "upsample2x", what);
+    cmp("upsample2x", what, &y, 1e-7);
+    drop(&x), drop(&y);
+}
+
+/* ---- KV pool and attention --------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t nq;
+    int hq, kvh, dk, dv;
+    int64_t ntok;
+    int pt; /* page tokens; 0: contiguous */
+    kn_dtype kvdt;
+} attn_case;
+
+/* A pool of n_pages pages, each page_tokens rows of `width` (+ a pad) values, random contents. */
+typedef struct {
+    tp pool;
+    int32_t *pages;
+    int64_t row_stride, page_stride, np;
+} kvsrc;
+
+static kvsrc make_kv(kn_dtype kvdt, int64_t ntok, int pt, int64_t width)
+{
+    kvsrc s;
+    s.row_stride = width + (width % 8 ? 8 - width % 8 : 0) + 8; /* a gap between rows */
+    if (pt > 0) {
+        s.np = (ntok + pt - 1) / pt;
+        int64_t total = s.np + 3; /* spare pages nobody lists */
+        s.page_stride = pt * s.row_stride + 16;
+        s.pages = malloc(sizeof(int32_t) * (size_t)total);
+        for (int64_t i = 0; i < total; i++)
+            s.pages[i] = (int32_t)i;
+        for (int64_t i = total - 1; i > 0; i--) { /* shuffle: pages out of order */
+            int64_t j = (int64_t)((frand() + 1.0f) * 0.5f * (float)(i + 1));
+            if (j > i)
+                j = i;
+            int32_t t = s.pages[i];
+            s.pages[i] = s.pages[j];
+            s.pages[j] = t;
+        }
+        s.pool = mk2(kvdt, kvdt, 1, total * s.page_stride, total * s.page_stride);
+    } else {
+        s.np = 0;
+        s.page_stride = 0;
+        s.pages = NULL;
+        s.pool = mk2(kvdt, kvdt, 1, ntok * s.row_stride, ntok * s.row_stride);
+    }
+    float *h = rnd((size_t)s.pool.g.cols, 1);
+    CHECK(kn_upload(gpu, s.pool.g, h, KN_F32) == KN_OK && kn_upload(cpu, s.pool.c, h, KN_F32) == KN_OK, "kv upload");
+    free(h);
+    return s;
+}
+
+static kn_kv kv_of(const kvsrc *s, const tp *p, int gpu_side, int64_t ntok, int pt)
+{
+    kn_kv kv;
+    memset(&kv, 0, sizeof kv);
+    kn_tensor t = gpu_side ? p->g : p->c;
+    kv.buf = t.buf;
+    kv.dtype = t.dtype;
+    kv.off = t.off;
+    kv.row_stride = s->row_stride;
+    kv.page_stride = s->page_stride;
+    kv.page_tokens = pt;
+    kv.pages = pt > 0 ? s->pages : NULL;
+    kv.n_tokens = ntok;
+    return kv;
+}
+
+static void t_attention(attn_case a)
+{
+    char what[128];
+    snprintf(what, sizeof what, "nq%lld Hq%d kvh%d dk%d dv%d tok%lld %s%d kv-%s [%s]", (long long)a.nq, a.hq, a.kvh,
+             a.dk, a.dv, (long long)a.ntok, a.pt ? "pages of " : "contiguous", a.pt, kn_dtype_name(a.kvdt),
+             kn_cuda_attention_variant(gpu));
+    int mla = a.kvh == 1 && a.dk > a.dv; /* latent layout: the value is the key's first dv columns */
+    int64_t width = mla ? a.dk : (int64_t)a.kvh * (a.dk + a.dv);
+    kvsrc s = make_kv(a.kvdt, a.ntok, a.pt, width);
+    kn_kv kg = kv_of(&s, &s.pool, 1, a.ntok, a.pt), kc = kv_of(&s, &s.pool, 0, a.ntok, a.pt);
+    kg.kv_heads = kc.kv_heads = a.kvh;
+    kg.dk = kc.dk = a.dk;
+    kg.dv = kc.dv = a.dv;
+    kg.k_off = kc.k_off = 0;
+    kg.v_off = kc.v_off = mla ? 0 : (int64_t)a.kvh * a.dk;
+    tp q = mk(a.nq, (int64_t)a.hq * a.dk, (int64_t)a.hq * a.dk), out = mk(a.nq, (int64_t)a.hq * a.dv, (int64_t)a.hq * a.dv + 8);
+    put_rnd(&q, 3.0f); /* peaky softmax: the running max moves */
+    float scale = 1.0f / sqrtf((float)a.dk);
+    ok_both(kn_attention(gpu, out.g, q.g, &kg, a.hq, scale), kn_attention(cpu, out.c, q.c, &kc, a.hq, scale),
+            "attention", what);
+    cmp("attention", what, &out, 0);
+    drop(&q), drop(&out), drop(&s.pool);
+    free(s.pages);
+}
+
+static void t_kv_store(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64_t tok0, int64_t col, int64_t n,
+                       int64_t w)
+{
+    char what[128];
+    snprintf(what, sizeof what, "kv-%s tok%lld pt%d width%lld rows %lld..%lld cols %lld..%lld", kn_dtype_name(kvdt),
+             (long long)ntok, pt, (long long)width, (long long)tok0, (long long)(tok0 + n), (long long)col,
+             (long long)(col + w));
+    kvsrc s = make_kv(kvdt, ntok, pt, width);
+    kn_kv kg = kv_of(&s, &s.pool, 1, ntok, pt), kc = kv_of(&s, &s.pool, 0, ntok, pt);
+    kg.kv_heads = kc.kv_heads = 1;
+    kg.dk = kc.dk = kg.dv = kc.dv = 1;
+    tp src = mk(n, w, w + 3);
+    put_rnd(&src, 2);
+    ok_both(kn_kv_store(gpu, &kg, tok0, col, src.g), kn_kv_store(cpu, &kc, tok0, col, src.c), "kv_store", what);
+    cmp("kv_store", what, &s.pool, kvdt == KN_F32 && gdt == KN_F32 ? 1e-7 : 0); /* the whole pool: nothing else moved */
+    drop(&src), drop(&s.pool);
+    free(s.pages);
+}
+
+static void attention_suite(void)
+{
+    const attn_case cs[] = {
+        {7, 4, 4, 16, 16, 37, 8, KN_BF16},        /* tiny MHA */
+        {33, 4, 1, 32, 24, 100, 6, KN_BF16},      /* tiny MLA: dk = 24 + 8, dv = 24 */
+        {257, 2, 2, 128, 128, 1000, 64, KN_BF16}, /* wan MHA head */
+        {130, 3, 1, 224, 160, 700, 50, KN_BF16},  /* wan MLA: d_c 160 + d_r 64 */
+        {65, 4, 4, 64, 64, 512, 0, KN_BF16},      /* cross-attention: contiguous */
+        {1, 1, 1, 256, 256, 1, 4, KN_BF16},       /* one query, one key */
+        {64, 2, 1, 128, 128, 5000, 128, KN_BF16}, /* many tokens, MQA */
+        {19, 6, 2, 64, 32, 300, 16, KN_BF16},     /* GQA */
+        {33, 4, 4, 16, 16, 37, 8, KN_F32},
+        {130, 3, 1, 224, 160, 700, 50, KN_F32},
+        {65, 4, 4, 64, 64, 512, 0, KN_F32},
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
+        t_attention(cs[i]);
+}
+
+static void linear_suite(void)
+{
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++)
+            for (int k = 0; k < 3; k++)
+                if ((i + j + k) % 2 == 0 || ROWS[i] == 257)
+                    t_linear(ROWS[i], COLS[j], COLS[k], (i + k) % 2, (i + j) % 2);
+    t_linear(64, 1536, 130, 1, 0);
+    t_linear(300, 130, 1536, 1, 1);
+    t_linear(7, 18, 6, 1, 0);
+}
+
+static void op_suite(void)
+{
+    linear_suite();
+    for (int md = 0; md < 2; md++) {
+        t_heads(7, 3, 6, 18, (kn_heads_mode)md);
+        t_heads(257, 12, 128, 160, (kn_heads_mode)md);
+        t_heads(1, 1, 130, 6, (kn_heads_mode)md);
+        t_heads(33, 4, 16, 24, (kn_heads_mode)md);
+    }
+    for (int op = 0; op < E_N; op++)
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 3; j++)
+                t_elem(op, ROWS[i], COLS[j], (i + j) % 2 ? 3 : 0, (i + j + op) % 3 == 0 && op != E_GATE && op != E_GATE1);
+    t_elem(E_LN, 64, 1536, 0, 1);
+    t_elem(E_RMS, 64, 1536, 0, 0);
+    kn_dtype dts[3] = {KN_F32, KN_BF16, KN_F16};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            t_copy(dts[a], dts[b], a == b ? 33 : 7, 130);
+    t_rope(1, 6, 0, 1, 1, 1);
+    t_rope(4, 16, 3, 3, 2, 3);
+    t_rope(2, 128, 7, 2, 5, 7);
+    t_rope(12, 64, 1000, 1, 3, 4); /* MLA d_r 64 over many heads, a far frame */
+    t_rope(3, 18, 2, 2, 3, 5);
+    t_timestep(1, 32);
+    t_timestep(7, 256);
+    t_timestep(70, 18); /* more than 64 values: two launches */
+    t_patch(4, 3, 4, 6);
+    t_patch(3, 2, 6, 10);
+    t_patch(16, 1, 2, 2);
+    t_conv(3, 5, 7, 9, 1);
+    t_conv(16, 16, 12, 10, 0);
+    t_conv(1, 1, 1, 1, 1);
+    t_conv(32, 12, 9, 33, 1);
+    t_upsample(3, 5, 7);
+    t_upsample(1, 1, 1);
+    t_upsample(16, 12, 10);
+    t_kv_store(KN_BF16, 100, 6, 32, 40, 0, 24, 24);  /* MLA: c at column 0 */
+    t_kv_store(KN_BF16, 100, 6, 32, 40, 24, 24, 8);  /* MLA: k_r at column d_c */
+    t_kv_store(KN_F32, 1000, 64, 256, 1, 128, 777, 128);
+    t_kv_store(KN_BF16, 50, 0, 64, 3, 5, 30, 18); /* contiguous */
+    attention_suite();
+}
+
+/* ---- whole generations ------------------------------------------------------------------------------- */
+
+static void engine_parity(const char *preset, const char *wname, double tol)
+{
+    char path[1024], err[512];
+    const char *src = getenv("VMLA_SOURCE_DIR");
+    snprintf(path, sizeof path, "%s/tests/golden/%s", src ? src : ".", wname);
+    eng_config c;
+    if (eng_config_preset(&c, preset, err, sizeof err)) {
+        CHECK(0, "preset %s: %s", preset, err);
+        return;
+    }
+    eng_engine_t *e[2] = {NULL, NULL};
+    eng_stream_t *s[2] = {NULL, NULL};
+    kn_backend_t *bes[2] = {gpu, cpu};
+    for (int i = 0; i < 2; i++) {
+        eng_options o;
+        eng_options_default(&o);
+        o.weights = path;
+        o.kv_dtype = i == 0 ? gdt : KN_F32;
+        CHECK(eng_open(&e[i], bes[i], &c, &o, err, sizeof err) == ENG_OK, "engine %s on %s: %s", preset,
+              kn_backend_name(bes[i]), err);
+        if (e[i])
+            CHECK(eng_stream_open(e[i], 7, "a red fox runs through the snow", &s[i]) == ENG_OK, "stream open");
+    }
+    if (!s[0] || !s[1])
+        goto done;
+    size_t nlat = (size_t)c.in_ch * c.chunk_frames * c.latent_h * c.latent_w;
+    float *lat[2] = {malloc(sizeof(float) * nlat), malloc(sizeof(float) * nlat)};
+    double worst = 0;
+    int worst_px = 0;
+    for (int ch = 0; ch < 3; ch++) {
+        const eng_frames *f[2];
+        for (int i = 0; i < 2; i++) {
+            CHECK(eng_generate_chunk(e[i], &s[i], 1) == ENG_OK, "%s chunk %d on %s: %s", preset, ch,
+                  kn_backend_name(bes[i]), eng_error(e[i]));
+            eng_stream_last_latent(s[i], lat[i], nlat);
+            f[i] = eng_stream_take_frames(s[i]);
+        }
+        double num = 0, den = 0;
+        int bad = 0;
+        for (size_t k = 0; k < nlat; k++) {
+            if (!isfinite(lat[0][k]))
+                bad = 1;
+            double d = (double)lat[0][k] - lat[1][k];
+            num += d * d;
+            den += (double)lat[1][k] * lat[1][k];
+        }
+        double err_l = bad ? INFINITY : sqrt(num / (den > 0 ? den : 1));
+        int px = 0;
+        if (f[0] && f[1] && f[0]->n_frames == f[1]->n_frames && f[0]->width == f[1]->width) {
+            size_t nb = (size_t)f[0]->n_frames * f[0]->width * f[0]->height * 3;
+            for (size_t k = 0; k < nb; k++) {
+                int d = abs((int)f[0]->rgb[k] - (int)f[1]->rgb[k]);
+                if (d > px)
+                    px = d;
+            }
+        } else {
+            CHECK(0, "%s chunk %d: frames missing or of different sizes", preset, ch);
+        }
+        printf("  engine %-14s %s chunk %d: latent rel err %.3g, max pixel diff %d/255\n", preset, mode, ch, err_l, px);
+        if (!(err_l <= worst))
+            worst = err_l;
+        if (px > worst_px)
+            worst_px = px;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "engine:%s", preset);
+    record(name, worst);
+    CHECK(worst < tol, "engine %s/%s: latent relative error %.3g over 3 chunks (tol %.2g)", preset, mode, worst, tol);
+    free(lat[0]);
+    free(lat[1]);
+done:
+    for (int i = 0; i < 2; i++) {
+        if (s[i])
+            eng_stream_close(s[i]);
+        eng_close(e[i]);
+    }
+}
+
+/* ---- main ---------------------------------------------------------------------------------------- */
+
+static kn_backend_t *open_gpu(const char *dtype, const char *attn, int *skip)
+{
+    char err[512] = "";
+    setenv("VMLA_CUDA_DTYPE", dtype, 1);
+    if (attn)
+        setenv("VMLA_CUDA_ATTN", attn, 1);
+    else
+        unsetenv("VMLA_CUDA_ATTN");
+    kn_backend_t *b = kn_cuda_backend_new(0, err, sizeof err);
+    if (!b) {
+        if (!strncmp(err, "no CUDA device", 14) || strstr(err, "no CUDA backend")) {
+            *skip = 1;
+            printf("skip: no CUDA device (%s)\n", err);
+        } else {
+            CHECK(0, "kn_cuda_backend_new: %s", err);
+        }
+    }
+    return b;
+}
+
+int main(void)
+{
+    int skip = 0;
+    kn_backend_t *g32 = open_gpu("f32", NULL, &skip);
+    if (skip)
+        return 0;
+    if (!g32)
+        return check_done();
+    cpu = kn_cpu_backend_new();
+    if (!cpu) {
+        fprintf(stderr, "test_backend: no CPU backend\n");
+        return 2;
+    }
+
+    gpu = g32;
+    gdt = KN_F32;
+    mode = "f32";
+    printf("cuda backend, fp32 mode (attention: %s)\n", kn_cuda_attention_variant(gpu));
+    op_suite();
+    engine_parity("tiny-test", "tiny-mha.safetensors", ENGINE_F32_TOL);
+    engine_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_F32_TOL);
+    kn_backend_free(g32);
+
+    gpu = open_gpu("bf16", NULL, &skip);
+    if (gpu) {
+        gdt = KN_BF16;
+        mode = "bf16";
+        CHECK(kn_backend_compute_dtype(gpu) == KN_BF16, "default mode is bf16");
+        printf("cuda backend, bf16 mode (attention: %s)\n", kn_cuda_attention_variant(gpu));
+        op_suite();
+        engine_parity("tiny-test", "tiny-mha.safetensors", ENGINE_BF16_TOL);
+        engine_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_BF16_TOL);
+        kn_backend_free(gpu);
+    }
+
+    /* the other variants: the simple attention kernel with the bias added by broadcast (no
+     * cublasLt), then the first tensor-core attention kernel */
+    setenv("VMLA_CUDA_NO_LT", "1", 1);
+    gpu = open_gpu("bf16", "simple", &skip);
+    unsetenv("VMLA_CUDA_NO_LT");
+    if (gpu) {
+        mode = "bf16-simple-nolt";
+        printf("cuda backend, bf16 mode (attention: %s, bias by broadcast)\n", kn_cuda_attention_variant(gpu));
+        attention_suite();
+        linear_suite();
+        kn_backend_free(gpu);
+    }
+    gpu = open_gpu("bf16", "tc-sync", &skip);
+    if (gpu) {
+        mode = "bf16-tc-sync";
+        printf("cuda backend, bf16 mode (attention: %s)\n", kn_cuda_attention_variant(gpu));
+        attention_suite();
+        kn_backend_free(gpu);
+    }
+
+    printf("\n%-36s %12s %6s\n", "op/mode", "worst err", "cases");
+    for (int i = 0; i < nstats; i++)
+        printf("%-36s %12.3g %6d\n", stats[i].name, stats[i].worst, stats[i].cases);
+    kn_backend_free(cpu);
+    return check_done();
+}
