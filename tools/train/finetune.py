@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Short fine-tune of a trained bundled DiT on the first chunks of videos that start at the
+frame's centre (runs on a CPU; see models/README.md for why).
+
+    python3 tools/train/finetune.py --layout mla --init models/vmla-tiny.safetensors \
+        --vae out/vae/vae.pt --out out/ft/mla --seconds 2400 [--threads 1]
+
+Batches alternate: (a) chunk 0 alone (no context), (b) every --every-k2 steps, chunks 0 and 1
+with chunk 0's clean cache pass as chunk 1's context (the exact cache mask of train_dit.py,
+compacted to the slots those chunks need). Same noise levels and v-target as train_dit.py.
+The start is the centre +- --jitter px (data.sample_params(start=...)); size, speed, colours,
+shape, direction, caption as in pre-training. Writes an EMA of the weights, exported (BF16), to
+--export at every save and at the end, and a resumable checkpoint OUT/ckpt.pt.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+
+import export as E        # noqa: E402
+import train_dit as T     # noqa: E402
+import vae as V           # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layout", choices=("mla", "mha"), required=True)
+    ap.add_argument("--init", required=True, help="exported .safetensors to start from")
+    ap.add_argument("--vae", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--export", default="")
+    ap.add_argument("--seconds", type=float, default=0.0)
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch-k2", type=int, default=3)
+    ap.add_argument("--every-k2", type=int, default=3)
+    ap.add_argument("--jitter", type=float, default=2.0)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--ema", type=float, default=0.99)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save-every", type=float, default=300.0)
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    dev = torch.device("cpu")
+    os.makedirs(a.out, exist_ok=True)
+    seed = a.seed * 10 + (0 if a.layout == "mla" else 1)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    enc, dec, _ = V.load(a.vae, dev)
+    enc.eval()
+    for q in enc.parameters():
+        q.requires_grad_(False)
+    cfg, model = T.build(a.layout, dev)
+    w, meta = E.read_safetensors(a.init)
+    sd = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in w.items()
+          if not k.startswith("decoder.")}
+    model.load_state_dict(sd)
+    _, ema = T.build(a.layout, dev)
+    ema.load_state_dict(model.state_dict())
+    for q in ema.parameters():
+        q.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    step = 0
+    ck_path = os.path.join(a.out, "ckpt.pt")
+    if a.resume and os.path.exists(ck_path):
+        ck = V.torch_load(ck_path, dev)
+        model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"]); step = ck["step"]
+        rng.bit_generator.state = ck["rng"]; torch.set_rng_state(ck["torch_rng"])
+    b1 = T.Batcher(enc, dec.latent_mean, dec.latent_std, dev, K=1, p_first=1.0, ctx_noise=0.0,
+                   amp=False, start=a.jitter, compact=True)
+    b2 = T.Batcher(enc, dec.latent_mean, dec.latent_std, dev, K=2, p_first=1.0, ctx_noise=0.1,
+                   amp=False, start=a.jitter, compact=True)
+    log = open(os.path.join(a.out, "log.txt"), "a")
+
+    def say(msg):
+        print(msg, flush=True)
+        log.write(msg + "\n"); log.flush()
+    say("finetune %s from %s: args %s" % (a.layout, a.init, json.dumps(vars(a))))
+    t0 = time.time(); last = t0
+    avg = {}
+
+    def dump():
+        T.save_ckpt(ck_path, model, ema, opt, step, a.steps, rng, {"avg": avg})
+        if a.export:
+            E.export(ema.state_dict(), dec.state_dict(), a.layout, a.export,
+                     training="%s; then CPU fine-tune on centre-start first chunks, step %d"
+                     % (E.TRAINING_NOTE, step))
+    while True:
+        if a.steps and step >= a.steps:
+            break
+        if a.seconds and time.time() - t0 > a.seconds:
+            break
+        lr = a.lr * min(1.0, (step + 1) / 50)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        k2 = a.every_k2 and step % a.every_k2 == a.every_k2 - 1
+        b = (b2 if k2 else b1)(rng, a.batch_k2 if k2 else a.batch)
+        loss, err = T.loss_fn(model, b, False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        d = min(a.ema, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(d).add_(pm.detach(), alpha=1.0 - d)
+        key = "k2" if k2 else "c0"
+        avg[key] = float(loss) if key not in avg else 0.95 * avg[key] + 0.05 * float(loss)
+        if step % 20 == 0 or step == 1:
+            say("%s ft step %d loss %.4f | avg chunk0-only %.4f chunks0+1 %.4f | %.0fs" % (
+                a.layout, step, float(loss), avg.get("c0", 0), avg.get("k2", 0), time.time() - t0))
+        if time.time() - last > a.save_every:
+            dump(); last = time.time()
+    dump()
+    say("%s ft done: step %d, %.0fs, avg %s" % (a.layout, step, time.time() - t0, avg))
+
+
+if __name__ == "__main__":
+    main()

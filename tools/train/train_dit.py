@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Train the bundled DiT (one layout) on procedural videos through the frozen VAE encoder.
+
+    python3 tools/train/train_dit.py --layout mla --vae OUT/vae.pt --out OUT/mla \
+        [--seconds 300 | --steps N] [--batch 128] [--resume]
+
+Recipe (why: models/README.md):
+  * teacher forcing with the engine's cache rule: each sequence holds K = 3 consecutive noisy
+    chunks n0..n0+2 plus, as clean slots at t = 0, chunk 0 (whose first frame is the sink), the
+    chunk before n0 and chunks n0..n0+1; the frame-level mask lets every chunk see exactly the
+    frames the engine's cache would hold (sink + window 6 incl. the chunk), see dit.sequence_layout;
+    check_dit.py proves one such forward equals the reference's chunk-by-chunk cache passes;
+  * n0 = 0 for 30% of sequences (the first chunk must come from the prompt alone), otherwise
+    uniform in 1..85 so RoPE sees absolute frames up to ~260 (60 s is 240 latent frames);
+  * noise level per noisy chunk: 75% one of the sampler's sigma' (1, .9375, .8333, .625),
+    25% shift-5-warped uniform; x_t = (1 - s) x0 + s eps, target v = eps - x0, MSE on v;
+  * the clean context slots get Gaussian noise (std up to --ctx-noise, half the sequences) at
+    t = 0, so the model tolerates its own imperfect latents in the cache over long rollouts;
+  * AdamW, warm-up then cosine, bf16 autocast, grad clip 1, EMA of the weights (exported).
+With --seconds and no --steps, the step count is fixed after 30 timed steps (printed: pass it as
+--steps to reproduce the schedule). Checkpoints (weights, EMA, optimiser, step, RNG) go to
+OUT/<layout>/ckpt.pt every --save-every seconds and at the end; --resume continues from there.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+
+import data as D                 # noqa: E402
+import dit as M                  # noqa: E402
+import vae as V                  # noqa: E402
+import vmla_ref as R             # noqa: E402
+import vmla_rng                  # noqa: E402
+
+SAMPLER_SIGMAS = vmla_rng.warped_sigmas()          # 1, .9375, .8333, .625
+
+
+def autocast(on):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+def sample_sigmas(rng, n, p_sampler=0.75):
+    s = np.array(SAMPLER_SIGMAS)[rng.integers(4, size=n)]
+    u = rng.random(n)
+    warped = 5.0 * u / (1.0 + 4.0 * u)
+    return np.where(rng.random(n) < p_sampler, s, warped)
+
+
+class Batcher:
+    """Builds training batches on the device: render -> encode -> normalise -> noise."""
+
+    def __init__(self, enc, mean, std, device, K=3, p_first=0.3, max_chunk=85, ctx_noise=0.1,
+                 amp=True, start=None, compact=False):
+        self.enc, self.device, self.K = enc, device, K
+        self.mean = mean.view(1, -1, 1, 1).to(device)
+        self.std = std.view(1, -1, 1, 1).to(device)
+        self.rend = V.Renderer(device)
+        self.p_first, self.max_chunk, self.ctx_noise = p_first, max_chunk, ctx_noise
+        self.amp = amp and device.type == "cuda"
+        self.combos = D.train_combos()
+        self.start = start            # data.sample_params(start=...): None = uniform start
+        self.compact = compact        # drop invalid slots (all sequences must share one n0)
+
+    def __call__(self, rng, B):
+        dev = self.device
+        p, _ = D.sample_params(rng, B, combos=self.combos, start=self.start)
+        n0 = np.where(rng.random(B) < self.p_first, 0, rng.integers(1, self.max_chunk + 1, size=B))
+        lay = M.layouts_batch(n0, self.K)
+        if self.compact:
+            assert len(set(n0.tolist())) == 1
+            m0 = lay["mask"][0]
+            keep = lay["valid"][0] & lay["noisy"][0]      # the noisy slots and what they see
+            while True:
+                more = keep | (m0[keep].any(axis=0) & lay["valid"][0])
+                if (more == keep).all():
+                    break
+                keep = more
+            lay = {k: (v[:, keep][:, :, keep] if k == "mask" else v[:, keep]) for k, v in lay.items()}
+        S = lay["frame"].shape[1]
+        frames = torch.as_tensor(lay["frame"], device=dev)
+        with torch.no_grad():
+            x = self.rend.frames(self.rend.params(p), frames)              # [B, S, 12, 96, 96]
+            with autocast(self.amp):
+                r = self.enc(x.flatten(0, 1))
+            z = ((r.float() - self.mean) / self.std).view(B, S, -1, 12, 12).permute(0, 2, 1, 3, 4)
+        noisy = torch.as_tensor(lay["noisy"], device=dev)
+        valid = torch.as_tensor(lay["valid"], device=dev)
+        # one sigma per noisy chunk (slots of a chunk share it)
+        sig_chunk = torch.as_tensor(sample_sigmas(rng, B * self.K), device=dev, dtype=torch.float32)
+        sig = torch.zeros(B, S, device=dev)
+        sig[:, S - 3 * self.K:] = sig_chunk.view(B, self.K).repeat_interleave(3, dim=1)
+        eps = torch.randn(z.shape, device=dev)
+        s5 = sig[:, None, :, None, None]
+        xt = (1.0 - s5) * z + s5 * eps
+        # context noise augmentation on the clean slots
+        amp_ctx = torch.as_tensor(rng.random(B) * self.ctx_noise * (rng.random(B) < 0.5),
+                                  device=dev, dtype=torch.float32)[:, None, None, None, None]
+        clean_in = z + amp_ctx * torch.randn(z.shape, device=dev)
+        lat = torch.where(noisy[:, None, :, None, None], xt, clean_in)
+        target = eps - z
+        t = sig * 1000.0
+        w = (noisy & valid).float()                                          # loss weight per slot
+        return {"lat": lat, "t": t, "frame": frames, "mask": torch.as_tensor(lay["mask"], device=dev),
+                "ids": torch.as_tensor(p["tokens"], device=dev), "target": target, "w": w,
+                "sig": sig, "first": torch.as_tensor(n0 == 0, device=dev)}
+
+
+def loss_fn(model, b, amp):
+    with autocast(amp):
+        v = model(b["lat"], b["t"], b["frame"], b["mask"], b["ids"])
+    err = ((v.float() - b["target"]) ** 2).mean(dim=(1, 3, 4))              # [B, S]
+    loss = (err * b["w"]).sum() / b["w"].sum()
+    return loss, err.detach()
+
+
+def build(layout, device):
+    cfg = R.preset("tiny-bundled", layout)
+    return cfg, M.DiT(cfg).to(device)
+
+
+def save_ckpt(path, model, ema, opt, step, steps, rng, extra):
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "step": step, "steps": steps, "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "extra": extra}, tmp)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layout", choices=("mla", "mha"), required=True)
+    ap.add_argument("--vae", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=0.0)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--ctx-noise", type=float, default=0.1)
+    ap.add_argument("--p-first", type=float, default=0.3)
+    ap.add_argument("--max-chunk", type=int, default=85)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--save-every", type=float, default=90.0)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--export", default="", help="write the EMA model here (bf16) at every save")
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args()
+    if not a.steps and not a.seconds:
+        ap.error("give --steps or --seconds")
+    dev = torch.device(a.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    amp = dev.type == "cuda"
+    os.makedirs(a.out, exist_ok=True)
+    seed = a.seed * 10 + (0 if a.layout == "mla" else 1)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    enc, dec, vck = V.load(a.vae, dev)
+    enc.eval()
+    for q in enc.parameters():
+        q.requires_grad_(False)
+    cfg, model = build(a.layout, dev)
+    _, ema = build(a.layout, dev)
+    ema.load_state_dict(model.state_dict())
+    for q in ema.parameters():
+        q.requires_grad_(False)
+    decay, no_decay = [], []
+    for n, q in model.named_parameters():
+        (decay if q.dim() >= 2 and "embed" not in n and "pos" not in n else no_decay).append(q)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.99), eps=1e-8)
+    step, steps = 0, a.steps
+    resumed_avg = {}
+    ck_path = os.path.join(a.out, "ckpt.pt")
+    log_path = os.path.join(a.out, "log.txt")
+    if a.resume and os.path.exists(ck_path):
+        ck = V.torch_load(ck_path, dev)
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        step, steps = ck["step"], a.steps or ck["steps"]
+        resumed_avg = dict(ck.get("extra", {}).get("avg", {}))
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        if ck.get("cuda_rng") is not None and dev.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"])
+        print("resumed %s at step %d of %d" % (a.layout, step, steps), flush=True)
+    nparam = sum(q.numel() for q in model.parameters())
+    batcher = Batcher(enc, dec.latent_mean, dec.latent_std, dev, p_first=a.p_first,
+                      max_chunk=a.max_chunk, ctx_noise=a.ctx_noise, amp=amp)
+    log = open(log_path, "a")
+
+    def say(msg):
+        print(msg, flush=True)
+        log.write(msg + "\n")
+        log.flush()
+    say("train_dit %s: %d parameters, batch %d, lr %g, device %s, args %s" % (
+        a.layout, nparam, a.batch, a.lr, dev, json.dumps(vars(a))))
+    t0 = time.time()
+    t_mark = None
+    last_save = t0
+    avg = dict(resumed_avg)
+
+    def upd(k, v, m=0.98):
+        avg[k] = v if k not in avg else m * avg[k] + (1 - m) * v
+
+    def export_now():
+        if a.export:
+            import export as E
+            E.export(ema.state_dict(), dec.state_dict(), a.layout, a.export,
+                     training="%s; step %d of %d" % (E.TRAINING_NOTE, step, steps))
+    while True:
+        if steps and step >= steps:
+            break
+        if not steps and step == 30:
+            if t_mark is None:
+                t_mark = time.time()
+        if not steps and step == 60:
+            dt = (time.time() - t_mark) / 30.0
+            left = a.seconds - (time.time() - t0)
+            steps = step + max(1, int(left / dt))
+            say("step time %.1f ms: steps fixed at %d (reproduce with --steps %d)" % (
+                1000 * dt, steps, steps))
+        if a.seconds and steps and time.time() - t0 > a.seconds * 1.1:
+            say("time limit reached at step %d" % step)
+            break
+        horizon = steps if steps else 10 ** 9
+        lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        if step >= a.warmup and horizon > a.warmup:
+            prog = min(1.0, (step - a.warmup) / max(1, horizon - a.warmup))
+            lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * prog))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        b = batcher(rng, a.batch)
+        loss, err = loss_fn(model, b, amp)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        d = min(a.ema, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(d).add_(pm.detach(), alpha=1.0 - d)
+        if step % 10 == 0 or step <= 2:
+            lv = float(loss)
+            if not math.isfinite(lv):
+                say("non-finite loss at step %d: stopping" % step)
+                sys.exit(3)
+            upd("loss", lv)
+            w, sig = b["w"], b["sig"]
+            for k, s in enumerate(SAMPLER_SIGMAS):
+                sel = w * (torch.abs(sig - s) < 1e-6).float()
+                if float(sel.sum()) > 0:
+                    upd("s%d" % k, float((err * sel).sum() / sel.sum()))
+            first = w * b["first"][:, None].float()
+            first[:, -6:] = 0                                       # chunk n0 only (n0 = 0)
+            if float(first.sum()) > 0:
+                upd("chunk0", float((err * first).sum() / first.sum()))
+        if step % a.log_every == 0 or step == 1:
+            say("%s step %d/%d loss %.4f avg %.4f | sigma' 1 %.4f .94 %.4f .83 %.4f .62 %.4f | "
+                "chunk0 %.4f | lr %.2e gn %.2f | %.0fs" % (
+                    a.layout, step, steps, float(loss), avg.get("loss", 0), avg.get("s0", 0),
+                    avg.get("s1", 0), avg.get("s2", 0), avg.get("s3", 0), avg.get("chunk0", 0),
+                    lr, float(gn), time.time() - t0))
+        if time.time() - last_save > a.save_every:
+            save_ckpt(ck_path, model, ema, opt, step, steps, rng, {"avg": avg})
+            export_now()
+            last_save = time.time()
+    save_ckpt(ck_path, model, ema, opt, step, steps, rng, {"avg": avg})
+    export_now()
+    mem = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else 0.0
+    say("%s done: step %d, %.0fs, %.1f GiB peak, avg loss %.4f, per sigma' %s, chunk0 %.4f" % (
+        a.layout, step, time.time() - t0, mem, avg.get("loss", float("nan")),
+        [round(avg.get("s%d" % k, float("nan")), 4) for k in range(4)], avg.get("chunk0", float("nan"))))
+    with open(os.path.join(a.out, "summary.json"), "w") as f:
+        json.dump({"layout": a.layout, "steps": step, "seconds": time.time() - t0, "avg": avg,
+                   "params": nparam, "args": vars(a)}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
