@@ -232,11 +232,75 @@ static void run_layout(const char *layout)
     st_close(g);
 }
 
+/* The bundled models (models/vmla-tiny*.safetensors, bf16) against the reference's generation
+ * from the same weights: 3 chunks of latents and the first chunk's frames. */
+static void run_bundled(const char *layout, const char *src)
+{
+    char gpath[600], mpath[600], err[512];
+    snprintf(gpath, sizeof gpath, "%s/tests/golden/bundled-%s-golden.safetensors", src, layout);
+    snprintf(mpath, sizeof mpath, "%s/models/vmla-tiny%s.safetensors", src, strcmp(layout, "mla") ? "-mha" : "");
+    FILE *mf = fopen(mpath, "rb");
+    if (!mf) {
+        printf("bundled %s: no model file, nothing to compare\n", layout);
+        return;
+    }
+    fclose(mf);
+    printf("bundled model, layout %s\n", layout);
+    st_file_t *g = NULL;
+    CHECK(st_open(&g, gpath, err, sizeof err) == ST_OK, "the model ships without its golden: %s", err);
+    if (!g)
+        return;
+    const char *prompt = st_metadata(g, "prompt"), *seed_s = st_metadata(g, "seed");
+    CHECK(prompt && seed_s, "golden metadata");
+    eng_config cfg;
+    eng_config_preset(&cfg, strcmp(layout, "mla") ? "tiny-mha" : "tiny", err, sizeof err);
+    kn_backend_t *be = kn_cpu_backend_new();
+    eng_options o;
+    eng_options_default(&o);
+    o.weights = mpath;
+    eng_engine_t *e = NULL;
+    eng_stream_t *s = NULL;
+    CHECK(eng_open(&e, be, &cfg, &o, err, sizeof err) == ENG_OK, "open %s: %s", mpath, err);
+    if (e && prompt && seed_s && eng_stream_open(e, strtoull(seed_s, NULL, 10), prompt, &s) == ENG_OK) {
+        int64_t nlat = (int64_t)cfg.in_ch * cfg.chunk_frames * cfg.latent_h * cfg.latent_w;
+        float *lat = malloc(sizeof(float) * (size_t)nlat);
+        for (int ch = 0; ch < 3; ch++) {
+            char name[32];
+            CHECK(eng_generate_chunk(e, &s, 1) == ENG_OK, "chunk %d: %s", ch, eng_error(e));
+            eng_stream_last_latent(s, lat, (size_t)nlat);
+            snprintf(name, sizeof name, "gen.chunk.%d", ch);
+            compare("gen", lat, nlat, g, name);
+            const eng_frames *fr = eng_stream_take_frames(s);
+            int64_t nr = 0;
+            float *rgb = ch == 0 ? golden(g, "gen.rgb.0", &nr) : NULL;
+            if (fr && rgb) {
+                int64_t n = (int64_t)fr->n_frames * fr->width * fr->height * 3, bad = 0, maxd = 0;
+                CHECK(n == nr, "rgb size");
+                for (int64_t i = 0; i < n && n == nr; i++) {
+                    int64_t d = llabs((int64_t)(rgb[i] * 255.0f + 0.5f) - fr->rgb[i]);
+                    maxd = d > maxd ? d : maxd;
+                    bad += d > 1;
+                }
+                CHECK(bad == 0, "gen.rgb.0: %lld bytes differ by more than 1 (max %lld)", (long long)bad, (long long)maxd);
+                printf("  gen   gen.rgb.0          %6lld bytes, max |diff| %lld/255\n", (long long)n, (long long)maxd);
+            }
+            free(rgb);
+        }
+        free(lat);
+    }
+    eng_stream_close(s);
+    eng_close(e);
+    kn_backend_free(be);
+    st_close(g);
+}
+
 int main(void)
 {
     const char *src = getenv("VMLA_SOURCE_DIR");
     snprintf(gdir, sizeof gdir, "%s/tests/golden", src ? src : ".");
     run_layout("mha");
     run_layout("mla");
+    run_bundled("mla", src ? src : ".");
+    run_bundled("mha", src ? src : ".");
     return check_done();
 }
