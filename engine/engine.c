@@ -556,29 +556,29 @@ eng_status eng_generate_chunk(eng_engine_t *e, eng_stream_t *const *streams, int
     for (int i = 0; i < n; i++)
         target[i] = streams[i]->chunk + 1;
     for (;;) {
-        eng_stream_t *todo[ENG_MAX_BATCH];
+        eng_stream_t *due[ENG_MAX_BATCH];
         int nt = 0;
         for (int i = 0; i < n; i++)
             if (streams[i]->status == ENG_OK && streams[i]->chunk < target[i])
-                todo[nt++] = streams[i];
+                due[nt++] = streams[i];
         if (nt == 0)
             break;
         int64_t before = 0;
         for (int i = 0; i < nt; i++)
-            before += todo[i]->passes;
-        eng_status st = eng_step(e, todo, nt);
+            before += due[i]->passes;
+        eng_status st = eng_step(e, due, nt);
         if (st != ENG_OK)
             return st;
         int64_t after = 0;
         for (int i = 0; i < nt; i++)
-            after += todo[i]->passes;
+            after += due[i]->passes;
         for (int i = 0; i < nt; i++)
-            if (todo[i]->status != ENG_OK)
-                return fail(e->err, sizeof e->err, todo[i]->status, "%s", todo[i]->err);
+            if (due[i]->status != ENG_OK)
+                return fail(e->err, sizeof e->err, due[i]->status, "%s", due[i]->err);
         if (after == before) { /* nothing could run: the pool is exhausted */
             for (int i = 0; i < nt; i++)
-                if (todo[i]->err[0])
-                    return fail(e->err, sizeof e->err, ENG_ERR_POOL, "%s", todo[i]->err);
+                if (due[i]->err[0])
+                    return fail(e->err, sizeof e->err, ENG_ERR_POOL, "%s", due[i]->err);
             return fail(e->err, sizeof e->err, ENG_ERR_POOL, "generate: no progress");
         }
     }
