@@ -74,8 +74,54 @@ void kn_buffer_free(kn_backend_t *be, kn_buffer_t *buf)
 {
     if (!buf)
         return;
-    be->ops->mem_free(be, buf->ptr);
+    if (buf->host)
+        be->ops->host_free(be, buf->ptr);
+    else
+        be->ops->mem_free(be, buf->ptr);
     free(buf);
+}
+
+kn_buffer_t *kn_host_buffer_alloc(kn_backend_t *be, size_t bytes)
+{
+    if (!be->ops->host_alloc) {
+        kn_fail(be, KN_ERR_UNSUPPORTED, "%s backend has no host buffers", be->ops->name);
+        return NULL;
+    }
+    kn_buffer_t *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->size = bytes;
+    b->host = 1;
+    b->ptr = be->ops->host_alloc(be, bytes ? bytes : 1);
+    if (!b->ptr) {
+        free(b);
+        kn_fail(be, KN_ERR_NOMEM, "cannot allocate %zu bytes of page-locked host memory", bytes);
+        return NULL;
+    }
+    return b;
+}
+
+kn_status kn_buffer_copy(kn_backend_t *be, kn_buffer_t *dst, size_t dst_off, const kn_buffer_t *src,
+                         size_t src_off, size_t bytes)
+{
+    if (!dst || !src)
+        return kn_fail(be, KN_ERR_ARG, "buffer copy: NULL buffer");
+    if (dst_off > dst->size || bytes > dst->size - dst_off || src_off > src->size ||
+        bytes > src->size - src_off)
+        return kn_fail(be, KN_ERR_ARG, "buffer copy: %zu bytes at %zu / %zu do not fit (%zu / %zu)",
+                       bytes, src_off, dst_off, src->size, dst->size);
+    if (!be->ops->buffer_copy)
+        return kn_fail(be, KN_ERR_UNSUPPORTED, "%s backend cannot copy buffers", be->ops->name);
+    if (bytes == 0)
+        return KN_OK;
+    return be->ops->buffer_copy(be, (char *)dst->ptr + dst_off, (const char *)src->ptr + src_off, bytes);
+}
+
+kn_status kn_mem_info(kn_backend_t *be, size_t *free_bytes, size_t *total_bytes)
+{
+    if (!be->ops->mem_info)
+        return kn_fail(be, KN_ERR_UNSUPPORTED, "%s backend reports no memory figures", be->ops->name);
+    return be->ops->mem_info(be, free_bytes, total_bytes);
 }
 
 size_t kn_buffer_size(const kn_buffer_t *buf) { return buf->size; }

@@ -82,6 +82,18 @@ kn_dtype kn_backend_compute_dtype(const kn_backend_t *be);
 kn_buffer_t *kn_buffer_alloc(kn_backend_t *be, size_t bytes);
 void kn_buffer_free(kn_backend_t *be, kn_buffer_t *buf);
 size_t kn_buffer_size(const kn_buffer_t *buf);
+/* Allocate `bytes` of page-locked host memory for staging device data (the KV pool's host tier):
+ * device <-> host copies from and to it run asynchronously on the backend's stream. On the CPU
+ * backend it is plain host memory. Freed by kn_buffer_free. NULL on failure. */
+kn_buffer_t *kn_host_buffer_alloc(kn_backend_t *be, size_t bytes);
+/* Copy `bytes` from src at src_off to dst at dst_off (device or host buffers of this backend).
+ * Enqueued on the backend's stream in order with the ops: work enqueued before it sees the old
+ * contents, work after it the new ones; the host does not wait. */
+kn_status kn_buffer_copy(kn_backend_t *be, kn_buffer_t *dst, size_t dst_off, const kn_buffer_t *src,
+                         size_t src_off, size_t bytes);
+/* Free and total bytes of the memory kn_buffer_alloc draws from (device memory for CUDA; for the
+ * CPU backend the host's available and total memory). */
+kn_status kn_mem_info(kn_backend_t *be, size_t *free_bytes, size_t *total_bytes);
 
 /* A bump allocator over one buffer: views are carved at init, nothing is allocated per step. */
 typedef struct {

@@ -12,6 +12,7 @@
 struct kn_buffer {
     size_t size;
     void *ptr; /* host pointer (CPU) or device pointer (CUDA) */
+    int host;  /* made by kn_host_buffer_alloc (page-locked host memory) */
 };
 
 typedef struct kn_backend_ops {
@@ -49,6 +50,13 @@ typedef struct kn_backend_ops {
     kn_status (*conv2d3x3)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b,
                            int H, int W);
     kn_status (*upsample2x)(kn_backend_t *be, kn_tensor y, kn_tensor x, int H, int W);
+
+    /* host tier (KV offload): page-locked host memory, byte copies between any two buffers
+     * enqueued on the backend's stream, and the device's memory figures */
+    void *(*host_alloc)(kn_backend_t *be, size_t bytes);
+    void (*host_free)(kn_backend_t *be, void *ptr);
+    kn_status (*buffer_copy)(kn_backend_t *be, void *dst, const void *src, size_t bytes);
+    kn_status (*mem_info)(kn_backend_t *be, size_t *free_bytes, size_t *total_bytes);
 } kn_backend_ops;
 
 struct kn_backend {

@@ -3,8 +3,10 @@
  * Compute is fp32 (kernels/cpu_ops.c); tensors may also be stored as bf16/f16 where an op
  * converts on load (the KV pool, copies, uploads). Ops run synchronously, so kn_sync is a no-op.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/cpu_internal.h"
 
@@ -54,6 +56,41 @@ static kn_status cpu_download(kn_backend_t *be, kn_tensor t, float *dst)
 
 static kn_status cpu_sync(kn_backend_t *be) { return KN_OK; }
 
+static kn_status cpu_buffer_copy(kn_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    memmove(dst, src, bytes);
+    return KN_OK;
+}
+
+/* MemAvailable and MemTotal from /proc/meminfo (sysconf where it is missing). */
+static kn_status cpu_mem_info(kn_backend_t *be, size_t *free_bytes, size_t *total_bytes)
+{
+    unsigned long long avail = 0, total = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f)) {
+            unsigned long long v;
+            if (sscanf(line, "MemAvailable: %llu kB", &v) == 1)
+                avail = v * 1024ull;
+            else if (sscanf(line, "MemTotal: %llu kB", &v) == 1)
+                total = v * 1024ull;
+        }
+        fclose(f);
+    }
+    if (!total) {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        if (pages <= 0 || psz <= 0)
+            return kn_fail(be, KN_ERR_UNSUPPORTED, "cpu: cannot read the host's memory size");
+        total = (unsigned long long)pages * (unsigned long long)psz;
+    }
+    if (!avail)
+        avail = total / 2;
+    *free_bytes = (size_t)avail;
+    *total_bytes = (size_t)total;
+    return KN_OK;
+}
+
 float *cpu_scratch(kn_backend_t *be, size_t nfloats)
 {
     cpu_impl *c = be->impl;
@@ -96,6 +133,10 @@ static const kn_backend_ops cpu_ops = {
     .unpatchify = cpu_unpatchify,
     .conv2d3x3 = cpu_conv2d3x3,
     .upsample2x = cpu_upsample2x,
+    .host_alloc = cpu_mem_alloc,
+    .host_free = cpu_mem_free,
+    .buffer_copy = cpu_buffer_copy,
+    .mem_info = cpu_mem_info,
 };
 
 kn_backend_t *kn_cpu_backend_new(void)

@@ -776,6 +776,36 @@ static kn_status cu_sync(kn_backend_t *be)
     return cu_launched(be, "sync");
 }
 
+static void *cu_host_alloc(kn_backend_t *be, size_t bytes)
+{
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_host_free(kn_backend_t *be, void *p)
+{
+    if (p) {
+        cudaStreamSynchronize(cu_of(be)->stream); /* a copy may still read or write it */
+        cudaFreeHost(p);
+    }
+}
+
+/* One copy on the compute stream: ordered with the ops, asynchronous to the host (page-locked
+ * host memory on the host side). */
+static kn_status cu_buffer_copy(kn_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    return cu_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cu_of(be)->stream), "buffer copy");
+}
+
+static kn_status cu_mem_info(kn_backend_t *be, size_t *free_bytes, size_t *total_bytes)
+{
+    return cu_check(be, cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+}
+
 static void cu_destroy(kn_backend_t *be)
 {
     cu_impl *c = cu_of(be);
@@ -826,6 +856,10 @@ static const kn_backend_ops cu_ops_template = {
     cu_unpatchify,
     cu_conv2d3x3,
     cu_upsample2x,
+    cu_host_alloc,
+    cu_host_free,
+    cu_buffer_copy,
+    cu_mem_info,
 };
 
 #define RING0 (1u << 16) /* page indices in the staging ring at start */
