@@ -15,7 +15,9 @@
 
 struct eng_stream {
     eng_engine_t *e;
-    int slot;
+    eng_stream_t *next, *prev_s; /* every open stream, resident or not */
+    int slot;      /* -1 while offloaded */
+    int host_slot; /* while offloaded: its decoder state in the host tier */
     uint64_t id, seed;
     eng_status status;
     char err[256];
@@ -48,6 +50,12 @@ struct eng_engine {
     eng_model m;
     kn_buffer_t *slot_buf;
     eng_stream_t **slots;
+    eng_stream_t *streams; /* list of every open stream */
+    /* host tier: decoder state of offloaded streams (the pool holds their pages) */
+    kn_buffer_t *host_state;
+    uint8_t *host_used;
+    int host_slots;
+    size_t prev_bytes;
     int tokens_per_frame;
     float sigma[ENG_MAX_STEPS];
     float *hostf; /* host staging: a chunk's rgb or latent or noise, as floats */
@@ -135,6 +143,66 @@ static void slot_shapes(const eng_engine_t *e, shp s[7])
     s[6] = (shp){(int64_t)c->chunk_frames * c->dec_t_up * 3, hw_out}; /* rgb */
 }
 
+/* The KV pool (after the weights and activations, so a fraction of free memory means what is
+ * left) and its host tier with the offloaded streams' decoder state. */
+static eng_status open_pool(eng_engine_t *e, int pt, char *err, size_t errlen)
+{
+    const eng_config *c = &e->c;
+    const eng_options *o = &e->o;
+    int pages_per_stream = (c->sink + c->window) * (e->tokens_per_frame / pt);
+    kv_pool_config pc = {
+        .page_tokens = pt,
+        .layers = c->layers,
+        .width = eng_config_kv_width(c),
+        .dtype = o->kv_dtype,
+    };
+    size_t page_bytes = (size_t)pt * (size_t)c->layers * (size_t)pc.width * kn_dtype_size(o->kv_dtype);
+    size_t pool_bytes = 0;
+    if (o->kv_pages) {
+        pc.n_pages = o->kv_pages;
+    } else if (o->kv_pool_bytes) {
+        pool_bytes = o->kv_pool_bytes;
+    } else if (o->kv_pool_fraction > 0) {
+        size_t fr = 0, tot = 0;
+        if (o->kv_pool_fraction >= 1.0 || kn_mem_info(e->be, &fr, &tot) != KN_OK)
+            return fail(err, errlen, ENG_ERR_ARG, "engine: KV pool fraction %.3f: %s", o->kv_pool_fraction,
+                        o->kv_pool_fraction >= 1.0 ? "must be below 1" : kn_backend_error(e->be));
+        pool_bytes = (size_t)((double)fr * o->kv_pool_fraction);
+    } else {
+        pc.n_pages = pages_per_stream * o->max_streams;
+    }
+    if (pool_bytes) {
+        size_t n = pool_bytes / page_bytes;
+        if (n < (size_t)pages_per_stream)
+            return fail(err, errlen, ENG_ERR_ARG,
+                        "engine: a KV pool of %zu bytes holds %zu pages of %zu bytes, fewer than one stream's %d",
+                        pool_bytes, n, page_bytes, pages_per_stream);
+        pc.n_pages = n > INT32_MAX ? INT32_MAX : (int32_t)n;
+    }
+    if (o->host_kv_bytes) {
+        size_t hs = o->host_kv_bytes / ((size_t)pages_per_stream * page_bytes);
+        if (hs == 0)
+            return fail(err, errlen, ENG_ERR_ARG,
+                        "engine: a host tier of %zu bytes holds less than one stream (%zu bytes)",
+                        o->host_kv_bytes, (size_t)pages_per_stream * page_bytes);
+        e->host_slots = hs > 4096 ? 4096 : (int)hs;
+        pc.host_pages = e->host_slots * pages_per_stream;
+    }
+    e->pool = kv_pool_new(e->be, &pc, err, errlen);
+    if (!e->pool)
+        return ENG_ERR_NOMEM;
+    e->prev_bytes = (size_t)c->in_ch * (size_t)c->latent_h * (size_t)c->latent_w *
+                    kn_dtype_size(kn_backend_compute_dtype(e->be));
+    if (e->host_slots) {
+        e->host_state = kn_host_buffer_alloc(e->be, e->prev_bytes * (size_t)e->host_slots);
+        e->host_used = calloc((size_t)e->host_slots, 1);
+        if (!e->host_state || !e->host_used)
+            return fail(err, errlen, ENG_ERR_NOMEM, "engine: cannot allocate the host tier's stream state: %s",
+                        kn_backend_error(e->be));
+    }
+    return ENG_OK;
+}
+
 eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg, const eng_options *opt,
                     char *err, size_t errlen)
 {
@@ -186,20 +254,7 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
         st = ENG_ERR_LOAD;
         goto bad;
     }
-    int pages_per_stream = (c->sink + c->window) * (e->tokens_per_frame / pt);
-    kv_pool_config pc = {
-        .page_tokens = pt,
-        .layers = c->layers,
-        .width = eng_config_kv_width(c),
-        .dtype = o.kv_dtype,
-        .n_pages = o.kv_pages ? o.kv_pages : pages_per_stream * o.max_streams,
-    };
-    e->pool = kv_pool_new(be, &pc, err, errlen);
-    if (!e->pool) {
-        st = ENG_ERR_NOMEM;
-        goto bad;
-    }
-    if (eng_model_init(&e->m, c, be, &e->w, e->pool, o.max_batch, c->chunk_frames, c->latent_h,
+    if (eng_model_init(&e->m, c, be, &e->w, NULL, o.max_batch, c->chunk_frames, c->latent_h,
                        c->latent_w, err, errlen)) {
         st = ENG_ERR_NOMEM;
         goto bad;
@@ -221,6 +276,9 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
         st = ENG_ERR_NOMEM;
         goto bad;
     }
+    if ((st = open_pool(e, pt, err, errlen)) != ENG_OK)
+        goto bad;
+    e->m.pool = e->pool;
     *out = e;
     return ENG_OK;
 bad:
@@ -232,11 +290,11 @@ void eng_close(eng_engine_t *e)
 {
     if (!e)
         return;
-    if (e->slots)
-        for (int i = 0; i < e->o.max_streams; i++)
-            if (e->slots[i])
-                eng_stream_close(e->slots[i]);
+    while (e->streams)
+        eng_stream_close(e->streams);
     free(e->slots);
+    kn_buffer_free(e->be, e->host_state);
+    free(e->host_used);
     free(e->hostf);
     kn_buffer_free(e->be, e->slot_buf);
     eng_model_free(&e->m);
@@ -282,6 +340,30 @@ static void stream_fail(eng_stream_t *s, eng_status st, const char *fmt, ...)
     s->in_chunk = 0;
 }
 
+/* Give the stream slot `slot` and carve its tensors. */
+static void take_slot(eng_stream_t *s, int slot)
+{
+    eng_engine_t *e = s->e;
+    shp sh[7];
+    slot_shapes(e, sh);
+    size_t per = kn_buffer_size(e->slot_buf) / (size_t)e->o.max_streams;
+    kn_arena a = {.buf = e->slot_buf, .size = per * (size_t)(slot + 1), .used = per * (size_t)slot};
+    kn_tensor *dst[7] = {&s->x, &s->x0, &s->v, &s->eps, &s->ctx_kv, &s->prev, &s->rgb};
+    kn_dtype dt = kn_backend_compute_dtype(e->be);
+    for (int i = 0; i < 7; i++)
+        kn_arena_tensor(&a, dst[i], dt, sh[i].rows, sh[i].cols); /* sized at open: cannot fail */
+    s->slot = slot;
+    e->slots[slot] = s;
+}
+
+static int free_slot(const eng_engine_t *e)
+{
+    for (int i = 0; i < e->o.max_streams; i++)
+        if (!e->slots[i])
+            return i;
+    return -1;
+}
+
 static void default_noise(void *user, uint64_t seed, uint32_t chunk, uint32_t draw, float *out, size_t n)
 {
     eng_noise(seed, chunk, draw, out, n);
@@ -320,19 +402,15 @@ eng_status eng_stream_open(eng_engine_t *e, uint64_t seed, const char *prompt, e
         free(s);
         return fail(e->err, sizeof e->err, ENG_ERR_NOMEM, "engine: cannot open a stream");
     }
-    /* carve this slot's tensors */
-    shp sh[7];
-    slot_shapes(e, sh);
-    size_t per = kn_buffer_size(e->slot_buf) / (size_t)e->o.max_streams;
-    kn_arena a = {.buf = e->slot_buf, .size = per * (size_t)(slot + 1), .used = per * (size_t)slot};
-    kn_tensor *dst[7] = {&s->x, &s->x0, &s->v, &s->eps, &s->ctx_kv, &s->prev, &s->rgb};
-    kn_dtype dt = kn_backend_compute_dtype(e->be);
-    for (int i = 0; i < 7; i++)
-        kn_arena_tensor(&a, dst[i], dt, sh[i].rows, sh[i].cols); /* sized above: cannot fail */
-    float *z = calloc((size_t)(sh[5].rows * sh[5].cols), sizeof(float));
+    s->host_slot = -1;
+    take_slot(s, slot);
+    s->next = e->streams;
+    if (e->streams)
+        e->streams->prev_s = s;
+    e->streams = s;
+    float *z = calloc((size_t)(s->prev.rows * s->prev.cols), sizeof(float));
     kn_status ks = z ? kn_upload(e->be, s->prev, z, KN_F32) : KN_ERR_NOMEM;
     free(z);
-    e->slots[slot] = s;
     *out = s;
     if (ks != KN_OK) {
         eng_stream_close(s);
@@ -346,8 +424,18 @@ void eng_stream_close(eng_stream_t *s)
 {
     if (!s)
         return;
+    eng_engine_t *e = s->e;
     kv_stream_free(&s->kv);
-    s->e->slots[s->slot] = NULL;
+    if (s->slot >= 0)
+        e->slots[s->slot] = NULL;
+    if (s->host_slot >= 0)
+        e->host_used[s->host_slot] = 0;
+    if (s->prev_s)
+        s->prev_s->next = s->next;
+    else
+        e->streams = s->next;
+    if (s->next)
+        s->next->prev_s = s->prev_s;
     free(s->ids);
     free(s->pending_ids);
     free(s->frames_rgb);
@@ -358,6 +446,98 @@ uint64_t eng_stream_id(const eng_stream_t *s) { return s->id; }
 eng_status eng_stream_status(const eng_stream_t *s) { return s->status; }
 const char *eng_stream_error(const eng_stream_t *s) { return s->err; }
 int64_t eng_stream_chunks_done(const eng_stream_t *s) { return s->chunks_done; }
+
+eng_status eng_stream_offload(eng_stream_t *s)
+{
+    eng_engine_t *e = s->e;
+    if (s->status != ENG_OK)
+        return ENG_ERR_STATE;
+    if (s->slot < 0)
+        return ENG_OK;
+    if (s->in_chunk) {
+        snprintf(s->err, sizeof s->err, "offload: a chunk is in progress");
+        return ENG_ERR_ARG;
+    }
+    int hs = -1;
+    for (int i = 0; i < e->host_slots && hs < 0; i++)
+        if (!e->host_used[i])
+            hs = i;
+    if (hs < 0) {
+        snprintf(s->err, sizeof s->err, "offload: the host tier is full (%d streams)", e->host_slots);
+        return ENG_ERR_POOL;
+    }
+    int r = kv_stream_offload(&s->kv);
+    if (r == -1) {
+        snprintf(s->err, sizeof s->err, "offload: the host tier has too few free pages");
+        return ENG_ERR_POOL;
+    }
+    if (r != 0 || kn_buffer_copy(e->be, e->host_state, (size_t)hs * e->prev_bytes, s->prev.buf, s->prev.off,
+                                 e->prev_bytes) != KN_OK) {
+        stream_fail(s, ENG_ERR_BACKEND, "offload: %s", kn_backend_error(e->be));
+        return s->status;
+    }
+    e->host_used[hs] = 1;
+    s->host_slot = hs;
+    e->slots[s->slot] = NULL;
+    s->slot = -1;
+    return ENG_OK;
+}
+
+eng_status eng_stream_restore(eng_stream_t *s)
+{
+    eng_engine_t *e = s->e;
+    if (s->status != ENG_OK)
+        return ENG_ERR_STATE;
+    if (s->slot >= 0)
+        return ENG_OK;
+    int slot = free_slot(e);
+    if (slot < 0) {
+        snprintf(s->err, sizeof s->err, "restore: all %d stream slots are in use", e->o.max_streams);
+        return ENG_ERR_LIMIT;
+    }
+    int r = kv_stream_restore(&s->kv);
+    if (r == -1) {
+        snprintf(s->err, sizeof s->err, "restore: KV pool exhausted (%d of %d pages free)",
+                 kv_pool_n_free(e->pool), kv_pool_n_pages(e->pool));
+        return ENG_ERR_POOL;
+    }
+    take_slot(s, slot);
+    if (r != 0 || kn_buffer_copy(e->be, s->prev.buf, s->prev.off, e->host_state, (size_t)s->host_slot * e->prev_bytes,
+                                 e->prev_bytes) != KN_OK) {
+        stream_fail(s, ENG_ERR_BACKEND, "restore: %s", kn_backend_error(e->be));
+        return s->status;
+    }
+    e->host_used[s->host_slot] = 0;
+    s->host_slot = -1;
+    /* the text context lived in the slot: compute it again before the next chunk */
+    if (!s->prompt_pending) {
+        memcpy(s->pending_ids, s->ids, sizeof(int32_t) * (size_t)e->c.text_len);
+        s->prompt_pending = 1;
+    }
+    return ENG_OK;
+}
+
+int eng_stream_resident(const eng_stream_t *s) { return s->slot >= 0; }
+int64_t eng_stream_passes(const eng_stream_t *s) { return s->passes; }
+int eng_stream_pass(const eng_stream_t *s) { return s->in_chunk ? s->step : 0; }
+int eng_passes_per_chunk(const eng_engine_t *e) { return e->c.n_steps + 1; }
+
+void eng_pool_get_stats(const eng_engine_t *e, eng_pool_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->page_bytes = kv_pool_page_bytes(e->pool);
+    st->pages = kv_pool_n_pages(e->pool);
+    st->free_pages = kv_pool_n_free(e->pool);
+    st->host_pages = kv_pool_n_host_pages(e->pool);
+    st->free_host_pages = kv_pool_n_host_free(e->pool);
+    st->pages_per_stream = (e->c.sink + e->c.window) * (e->tokens_per_frame / kv_pool_cfg(e->pool)->page_tokens);
+    st->slots = e->o.max_streams;
+    for (int i = 0; i < e->o.max_streams; i++)
+        st->free_slots += !e->slots[i];
+    st->host_slots = e->host_slots;
+    for (int i = 0; i < e->host_slots; i++)
+        st->free_host_slots += !e->host_used[i];
+}
 
 eng_status eng_stream_set_prompt(eng_stream_t *s, const char *prompt)
 {
@@ -499,6 +679,10 @@ eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n)
         eng_stream_t *s = streams[i];
         if (s->status != ENG_OK)
             continue;
+        if (s->slot < 0) {
+            snprintf(s->err, sizeof s->err, "the stream is offloaded: restore it first");
+            continue;
+        }
         if (!s->in_chunk && begin_chunk(s) != ENG_OK)
             continue;
         int denoise = s->step < c->n_steps;

@@ -47,7 +47,12 @@ typedef struct {
     int window, sink;      /* -1: the preset's */
     int max_batch;         /* streams one eng_step may advance (default 1, at most 64) */
     int max_streams;       /* streams open at once (default 1) */
-    int kv_pages;          /* pool pages (0: enough for max_streams full windows) */
+    int kv_pages;          /* pool pages (0: from kv_pool_bytes, kv_pool_fraction, or enough for
+                              max_streams full windows, in that order) */
+    size_t kv_pool_bytes;  /* pool size in bytes (rounded down to whole pages) */
+    double kv_pool_fraction; /* (0, 1): that share of the backend memory still free once the
+                                weights and activations are allocated */
+    size_t host_kv_bytes;  /* page-locked host tier for offloaded streams' pages (0: none) */
     int page_tokens;       /* tokens a page (0: one latent frame); must divide a frame's tokens */
     kn_dtype kv_dtype;     /* storage of the KV pool (default F32 on CPU: 0) */
 } eng_options;
@@ -72,6 +77,17 @@ double eng_kv_bytes_per_token_layer(const eng_engine_t *e);
 size_t eng_kv_bytes_per_frame(const eng_engine_t *e);
 size_t eng_kv_pool_bytes(const eng_engine_t *e);
 size_t eng_kv_pool_free_bytes(const eng_engine_t *e);
+
+/* Exact accounting of the pool, its host tier and the stream slots. */
+typedef struct {
+    size_t page_bytes;
+    int64_t pages, free_pages;           /* device pool */
+    int64_t host_pages, free_host_pages; /* host tier */
+    int pages_per_stream;                /* pages of one stream at its full window (sink + window) */
+    int slots, free_slots;               /* resident streams (max_streams) */
+    int host_slots, free_host_slots;     /* offloaded streams the host tier can hold */
+} eng_pool_stats;
+void eng_pool_get_stats(const eng_engine_t *e, eng_pool_stats *st);
 int64_t eng_weight_params(const eng_engine_t *e);
 
 /* Intermediate tensors of stream 0 of each forward (tests). */
@@ -89,6 +105,23 @@ uint64_t eng_stream_id(const eng_stream_t *s);
  * old prompt); the cache is kept, so the switch blends over the window. */
 eng_status eng_stream_set_prompt(eng_stream_t *s, const char *prompt);
 eng_status eng_stream_set_prompt_tokens(eng_stream_t *s, const int32_t *ids, int n);
+
+/* Move a paused stream out of the device: its KV pages go to the host tier (copies enqueued on
+ * the backend's stream; the host does not wait), its slot (activations) is freed, its decoder
+ * state is kept in the host tier. Only between chunks (ENG_ERR_ARG mid-chunk). ENG_ERR_POOL when
+ * the host tier is full. An offloaded stream is skipped by eng_step until restored. */
+eng_status eng_stream_offload(eng_stream_t *s);
+/* Bring it back: a free slot (ENG_ERR_LIMIT otherwise) and fresh device pages (ENG_ERR_POOL);
+ * the prompt's text context is recomputed at the next chunk. The output is the same as if the
+ * stream had never left. */
+eng_status eng_stream_restore(eng_stream_t *s);
+int eng_stream_resident(const eng_stream_t *s);
+/* Forward passes the stream took part in, in all. */
+int64_t eng_stream_passes(const eng_stream_t *s);
+/* Passes done in the chunk in progress (0 between chunks). */
+int eng_stream_pass(const eng_stream_t *s);
+/* Forward passes a chunk takes (denoising steps + the cache pass). */
+int eng_passes_per_chunk(const eng_engine_t *e);
 
 /* Noise source: fill out[0..n) for the given chunk and draw (0 = initial). Default: Philox. */
 typedef void (*eng_noise_fn)(void *user, uint64_t seed, uint32_t chunk, uint32_t draw, float *out, size_t n);

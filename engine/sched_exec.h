@@ -1,0 +1,28 @@
+/* engine/sched_exec.h — the scheduler's work done on an engine.
+ *
+ * The scheduler (engine/scheduler.h) decides; these functions carry its decisions out on an
+ * engine: open a job's stream, run one eng_step over a batch, offload / restore / close streams.
+ * The job's `stream` field holds its eng_stream_t. Used by the server's engine thread, by
+ * vmla-bench serve and by the tests, so the three run the same code.
+ */
+#ifndef VMLA_ENGINE_SCHED_EXEC_H
+#define VMLA_ENGINE_SCHED_EXEC_H
+
+#include "engine/engine.h"
+#include "engine/scheduler.h"
+
+/* The scheduler's model numbers for this engine: slots, pool and host tier pages, pages a
+ * stream, passes a chunk and when its frames are out, the chunk's playback time. The policy
+ * numbers (max_batch, max_queue, lead, ttff, headroom, offload_after) are left as they are. */
+void eng_sched_config(const eng_engine_t *e, sch_config *c);
+
+/* Opens the stream of a job being admitted (the caller knows its seed and prompt). */
+typedef eng_status (*eng_open_fn)(void *user, sch_job *j, eng_stream_t **out);
+
+/* Do the piece of work: res[i] receives each job's outcome for sch_done; *seconds the time the
+ * work took by `clock` (a step's duration feeds the cost model). Errors stay on the streams
+ * (eng_stream_error) or the engine (eng_error). */
+void eng_sched_execute(eng_engine_t *e, const sch_work *w, eng_open_fn open, void *user, double (*clock)(void),
+                       sch_result *res, double *seconds);
+
+#endif

@@ -1,0 +1,267 @@
+/* tests/engine/test_sched_engine.c — the scheduler driving a real engine (CPU, tiny-test, both
+ * layouts): a stream's output is the same whether it ran alone or batched with streams joining
+ * and leaving, paused, moved to the host tier and back. Also the engine's pool sizing (bytes,
+ * fraction), offload/restore refusals and accounting. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "engine/sched_exec.h"
+#include "tests/check.h"
+
+static kn_backend_t *be;
+
+enum { NLAT = 4 * 3 * 4 * 6, NCH = 5, NS = 3 };
+
+static const uint64_t seeds[NS] = {11, 12, 13};
+static const char *const prompts[NS] = {"a blue circle", "a red square moving left", "a green star"};
+
+static eng_engine_t *open_engine(const char *preset, int batch, int streams, size_t host_bytes)
+{
+    eng_config c;
+    char err[512];
+    eng_config_preset(&c, preset, err, sizeof err);
+    eng_options o;
+    eng_options_default(&o);
+    o.weight_seed = 5;
+    o.max_batch = batch;
+    o.max_streams = streams;
+    o.host_kv_bytes = host_bytes;
+    eng_engine_t *e = NULL;
+    CHECK(eng_open(&e, be, &c, &o, err, sizeof err) == ENG_OK, "eng_open %s: %s", preset, err);
+    return e;
+}
+
+static double maxdiff(const float *a, const float *b, int n)
+{
+    double m = 0;
+    for (int i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+
+typedef struct {
+    sch_job job;
+    int idx;
+    int chunks;
+    float lat[NCH][NLAT];
+} tjob;
+
+static double vclock;
+static double clock_fn(void) { return vclock; }
+
+static eng_status open_job(void *user, sch_job *j, eng_stream_t **out)
+{
+    tjob *t = j->user;
+    return eng_stream_open(user, seeds[t->idx], prompts[t->idx], out);
+}
+
+static void test_scheduled_equals_alone(const char *preset)
+{
+    printf("%s: scheduled (joins, leaves, offload, restore) vs alone\n", preset);
+    static float ref[NS][NCH][NLAT];
+    eng_engine_t *e = open_engine(preset, 3, 3, 0);
+    if (!e)
+        return;
+    for (int k = 0; k < NS; k++) {
+        eng_stream_t *s = NULL;
+        CHECK(eng_stream_open(e, seeds[k], prompts[k], &s) == ENG_OK, "open");
+        for (int c = 0; c < NCH && s; c++) {
+            CHECK(eng_generate_chunk(e, &s, 1) == ENG_OK, "chunk: %s", eng_error(e));
+            eng_stream_last_latent(s, ref[k][c], NLAT);
+        }
+        eng_stream_close(s);
+    }
+    eng_close(e);
+
+    /* two slots, a host tier for one stream, batches of three */
+    eng_engine_t *probe = open_engine(preset, 1, 1, 0);
+    if (!probe)
+        return;
+    eng_pool_stats ps;
+    eng_pool_get_stats(probe, &ps);
+    size_t stream_bytes = ps.page_bytes * (size_t)ps.pages_per_stream;
+    eng_close(probe);
+    e = open_engine(preset, 3, 2, stream_bytes);
+    if (!e)
+        return;
+    eng_pool_get_stats(e, &ps);
+    CHECK(ps.host_slots == 1 && ps.host_pages == ps.pages_per_stream, "host tier of one stream (%d slots, %lld pages)",
+          ps.host_slots, (long long)ps.host_pages);
+    sch_config sc;
+    sch_config_default(&sc);
+    sc.max_batch = 3;
+    sc.max_queue = 4;
+    sc.offload_after = -1;
+    eng_sched_config(e, &sc);
+    CHECK(sc.max_resident == 2 && sc.passes_per_chunk == 5 && sc.ready_pass == 4, "scheduler numbers from the engine");
+    char err[256];
+    sch_t *s = sch_new(&sc, err, sizeof err);
+    static tjob t[NS];
+    memset(t, 0, sizeof t);
+    for (int k = 0; k < NS; k++) {
+        t[k].idx = k;
+        sch_job_init(&t[k].job, (uint64_t)k, &t[k]);
+    }
+    vclock = 0;
+    sch_submit(s, &t[0].job, vclock);
+    sch_submit(s, &t[1].job, vclock);
+    int c_submitted = 0, a_resumed = 0, stops = 0, offloads = 0, restores = 0, offloaded_step_seen = 0;
+    for (int guard = 0; guard < 10000; guard++) {
+        /* the script: A pauses after 2 chunks; then C arrives (no slot: A goes to host); A asks to
+         * resume once C runs and comes back when B leaves */
+        if (t[0].chunks == 2 && !t[0].job.want_pause && !c_submitted) {
+            sch_pause(s, &t[0].job, vclock);
+            sch_submit(s, &t[2].job, vclock);
+            c_submitted = 1;
+        }
+        if (c_submitted && !a_resumed && t[0].job.state == SCH_OFFLOADED && t[2].job.state == SCH_RUNNING) {
+            sch_resume(s, &t[0].job, vclock);
+            a_resumed = 1;
+        }
+        for (int k = 0; k < NS; k++)
+            if (t[k].chunks == NCH && t[k].job.state != SCH_DONE && !t[k].job.want_stop) {
+                sch_stop(s, &t[k].job);
+                stops++;
+            }
+        sch_work w;
+        sch_next(s, vclock, &w);
+        if (w.kind == SCH_IDLE) {
+            if (isinf(w.wake_at))
+                break;
+            vclock = w.wake_at;
+            continue;
+        }
+        if (w.kind == SCH_STEP && t[0].job.state == SCH_OFFLOADED)
+            offloaded_step_seen = 1;
+        sch_result res[SCH_MAX_BATCH];
+        double dt;
+        eng_sched_execute(e, &w, open_job, e, clock_fn, res, &dt);
+        if (w.kind == SCH_STEP) {
+            dt = 0.001 * w.n; /* a virtual cost */
+            vclock += dt;
+        }
+        offloads += w.kind == SCH_OFFLOAD && res[0] == SCH_OK;
+        restores += w.kind == SCH_RESTORE && res[0] == SCH_OK;
+        for (int i = 0; i < w.n; i++)
+            CHECK(res[i] == SCH_OK, "work %d for job %d: %s", w.kind, (int)w.jobs[i]->id,
+                  w.jobs[i]->stream ? eng_stream_error(w.jobs[i]->stream) : eng_error(e));
+        if (w.kind == SCH_STEP)
+            for (int i = 0; i < w.n; i++) {
+                tjob *tj = w.jobs[i]->user;
+                if (eng_stream_take_frames(w.jobs[i]->stream) && tj->chunks < NCH)
+                    eng_stream_last_latent(w.jobs[i]->stream, tj->lat[tj->chunks++], NLAT);
+            }
+        sch_done(s, &w, res, vclock, dt);
+    }
+    CHECK(offloads == 1 && restores == 1 && offloaded_step_seen, "A went to host (%d) and came back (%d)", offloads,
+          restores);
+    double worst = 0;
+    for (int k = 0; k < NS; k++) {
+        CHECK(t[k].chunks == NCH && t[k].job.state == SCH_DONE, "stream %d: %d chunks, %s", k, t[k].chunks,
+              sch_state_name(t[k].job.state));
+        for (int c = 0; c < t[k].chunks; c++)
+            worst = fmax(worst, maxdiff(t[k].lat[c], ref[k][c], NLAT));
+    }
+    printf("  scheduled vs alone: max |diff| %.3g over %d streams x %d chunks\n", worst, NS, NCH);
+    CHECK(worst < 1e-5, "scheduled output equals alone (%.3g)", worst);
+    CHECK(eng_kv_pool_free_bytes(e) == eng_kv_pool_bytes(e), "every device page back");
+    eng_pool_get_stats(e, &ps);
+    CHECK(ps.free_host_pages == ps.host_pages && ps.free_slots == ps.slots && ps.free_host_slots == ps.host_slots,
+          "every host page and slot back");
+    sch_free(s);
+    eng_close(e);
+}
+
+static void test_pool_sizing_and_refusals(void)
+{
+    printf("pool sizing, offload refusals\n");
+    eng_config c;
+    char err[512];
+    eng_config_preset(&c, "tiny-test", err, sizeof err);
+    eng_options o;
+    eng_options_default(&o);
+    o.weight_seed = 5;
+    o.max_streams = 2;
+    eng_engine_t *e = NULL;
+    CHECK(eng_open(&e, be, &c, &o, err, sizeof err) == ENG_OK, "default pool");
+    eng_pool_stats ps;
+    eng_pool_get_stats(e, &ps);
+    size_t stream_bytes = ps.page_bytes * (size_t)ps.pages_per_stream;
+    CHECK(ps.pages == 2 * ps.pages_per_stream && ps.host_slots == 0, "default: two full windows, no host tier");
+    eng_stream_t *s = NULL;
+    CHECK(eng_stream_open(e, 1, "x", &s) == ENG_OK && eng_generate_chunk(e, &s, 1) == ENG_OK, "a chunk");
+    CHECK(eng_stream_offload(s) == ENG_ERR_POOL && eng_stream_resident(s), "no host tier: offload refused, resident");
+    eng_stream_close(s);
+    eng_close(e);
+
+    o.kv_pool_bytes = 3 * stream_bytes + stream_bytes / 2;
+    CHECK(eng_open(&e, be, &c, &o, err, sizeof err) == ENG_OK, "pool by bytes: %s", err);
+    eng_pool_get_stats(e, &ps);
+    CHECK(ps.pages == (int64_t)(o.kv_pool_bytes / ps.page_bytes), "bytes rounded down to whole pages (%lld)",
+          (long long)ps.pages);
+    eng_close(e);
+    o.kv_pool_bytes = stream_bytes - 1;
+    CHECK(eng_open(&e, be, &c, &o, err, sizeof err) == ENG_ERR_ARG && strstr(err, "fewer than one stream"),
+          "a pool smaller than a stream refused: %s", err);
+    o.kv_pool_bytes = 0;
+    o.kv_pool_fraction = 1e-6;
+    eng_status st = eng_open(&e, be, &c, &o, err, sizeof err);
+    CHECK(st == ENG_OK || (st == ENG_ERR_ARG && strstr(err, "fewer than one stream")), "fraction of free memory: %s",
+          st == ENG_OK ? "ok" : err);
+    if (st == ENG_OK) {
+        eng_pool_get_stats(e, &ps);
+        printf("  1e-6 of free host memory: %lld pages of %zu bytes\n", (long long)ps.pages, ps.page_bytes);
+        eng_close(e);
+    }
+    o.kv_pool_fraction = 1.5;
+    CHECK(eng_open(&e, be, &c, &o, err, sizeof err) == ENG_ERR_ARG && strstr(err, "below 1"), "fraction >= 1: %s", err);
+    o.kv_pool_fraction = 0;
+    o.host_kv_bytes = stream_bytes - 1;
+    CHECK(eng_open(&e, be, &c, &o, err, sizeof err) == ENG_ERR_ARG && strstr(err, "less than one stream"),
+          "a host tier smaller than a stream refused: %s", err);
+
+    /* offload mid-chunk refused; restore without a slot refused; the host tier full */
+    o.host_kv_bytes = stream_bytes;
+    o.max_streams = 1;
+    CHECK(eng_open(&e, be, &c, &o, err, sizeof err) == ENG_OK, "one slot, host tier for one: %s", err);
+    eng_stream_t *a = NULL, *b = NULL;
+    CHECK(eng_stream_open(e, 1, "x", &a) == ENG_OK && eng_step(e, &a, 1) == ENG_OK, "a: one pass");
+    CHECK(eng_stream_offload(a) == ENG_ERR_ARG && strstr(eng_stream_error(a), "in progress"), "mid-chunk: %s",
+          eng_stream_error(a));
+    for (int i = 0; i < 4; i++)
+        eng_step(e, &a, 1);
+    CHECK(eng_stream_pass(a) == 0 && eng_stream_offload(a) == ENG_OK && !eng_stream_resident(a),
+          "between chunks: offloaded");
+    CHECK(eng_step(e, &a, 1) == ENG_OK && eng_stream_pass(a) == 0 && eng_stream_status(a) == ENG_OK,
+          "an offloaded stream is skipped, not failed");
+    CHECK(eng_stream_open(e, 2, "y", &b) == ENG_OK, "its slot serves another stream");
+    CHECK(eng_stream_restore(a) == ENG_ERR_LIMIT, "no slot: restore refused");
+    CHECK(eng_generate_chunk(e, &b, 1) == ENG_OK, "b: a chunk");
+    CHECK(eng_stream_offload(b) == ENG_ERR_POOL, "host tier full: %s", eng_stream_error(b));
+    eng_stream_close(b);
+    CHECK(eng_stream_restore(a) == ENG_OK && eng_generate_chunk(e, &a, 1) == ENG_OK, "a back and running");
+    eng_stream_close(a);
+    eng_pool_get_stats(e, &ps);
+    CHECK(ps.free_pages == ps.pages && ps.free_host_pages == ps.host_pages, "nothing held");
+    /* a stream closed while offloaded gives its host pages back */
+    CHECK(eng_stream_open(e, 1, "x", &a) == ENG_OK && eng_generate_chunk(e, &a, 1) == ENG_OK &&
+          eng_stream_offload(a) == ENG_OK, "offloaded again");
+    eng_pool_get_stats(e, &ps);
+    CHECK(ps.free_host_pages < ps.host_pages && ps.free_pages == ps.pages, "its pages are on the host");
+    eng_stream_close(a);
+    eng_pool_get_stats(e, &ps);
+    CHECK(ps.free_host_pages == ps.host_pages && ps.free_host_slots == ps.host_slots, "closing frees them");
+    eng_close(e);
+}
+
+int main(void)
+{
+    be = kn_cpu_backend_new();
+    test_scheduled_equals_alone("tiny-test");
+    test_scheduled_equals_alone("tiny-test-mla");
+    test_pool_sizing_and_refusals();
+    kn_backend_free(be);
+    return check_done();
+}
