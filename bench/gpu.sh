@@ -24,6 +24,10 @@
 #   VMLA_GPU_SRC     source tree to build (default: the current directory)
 #   VMLA_COMMIT      commit id to print in the logs (default: git rev-parse if .git is present)
 #   VMLA_BENCH_ARGS  arguments for vmla-bench-gpu (default: --chunks 6)
+#   VMLA_CUDNN_LIB   libcudnn.so.9 to open (default: found through ldconfig, /usr/local/cuda, or
+#                    PyTorch's nvidia.cudnn package; its folder also goes on LD_LIBRARY_PATH). The
+#                    header comes from /usr/local/cuda/include, else .gpudeps/cudnn/include, else
+#                    the nvidia.cudnn package; without one the build has no cuDNN attention.
 #   VMLA_CUDA_ARCHS  CUDA architectures (default 90a-real: the H200 only, the fastest build)
 #   VMLA_TEST_TIMEOUT, VMLA_BENCH_TIMEOUT  seconds (default 300, 400)
 #
@@ -98,6 +102,26 @@ if ! (command -v pkg-config >/dev/null && pkg-config --exists jansson openblas);
     fi
 fi
 
+# ---- cuDNN (optional): the header for the build, the library for the run (dlopen) ---------------
+CUDNN_ARGS=()
+if [ ! -f /usr/local/cuda/include/cudnn_graph.h ]; then
+    for d in "$ROOT/.gpudeps/cudnn/include" $(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__) + "/include")' 2>/dev/null); do
+        if [ -f "$d/cudnn_graph.h" ]; then CUDNN_ARGS=(-DVMLA_CUDNN_INCLUDE_DIR="$d"); break; fi
+    done
+fi
+CUDNN_LIB=$(ldconfig -p 2>/dev/null | awk '/libcudnn\.so\.9 /{print $NF; exit}')
+if [ -z "$CUDNN_LIB" ]; then
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib $(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__) + "/lib")' 2>/dev/null); do
+        if [ -f "$d/libcudnn.so.9" ]; then CUDNN_LIB=$d/libcudnn.so.9; break; fi
+    done
+fi
+if [ -n "$CUDNN_LIB" ]; then
+    export LD_LIBRARY_PATH=$(dirname "$CUDNN_LIB")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export VMLA_CUDNN_LIB=${VMLA_CUDNN_LIB:-$CUDNN_LIB}
+fi
+echo "cudnn: header args '${CUDNN_ARGS[*]:-/usr/local/cuda/include}', library '${CUDNN_LIB:-none}'"
+export VMLA_CUDNN_VERBOSE=${VMLA_CUDNN_VERBOSE:-1}
+
 # ---- configure and build ------------------------------------------------------------------------
 # The fragment kernels/cuda/CMakeLists.txt must be included by the top-level CMakeLists.txt; if it
 # is not (yet), build a copy of the tree that includes it.
@@ -110,15 +134,16 @@ if ! grep -q 'kernels/cuda/CMakeLists.txt' "$SRC/CMakeLists.txt"; then
 fi
 echo "== $(ts) configure"
 cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DVMLA_CUDA=ON -DVMLA_FFMPEG=OFF \
-    -DVMLA_CUDA_ARCHS="${VMLA_CUDA_ARCHS:-90a-real}" > "$OUT/configure.log" 2>&1 ||
+    -DVMLA_CUDA_ARCHS="${VMLA_CUDA_ARCHS:-90a-real}" "${CUDNN_ARGS[@]}" > "$OUT/configure.log" 2>&1 ||
     { tail -40 "$OUT/configure.log"; exit 1; }
 echo "== $(ts) build"
 ninja -C "$BUILD" vmla-test-backend vmla-bench-gpu > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
 grep -iE 'warning|spill' "$OUT/build.log" | head -20
+grep -E 'vmla: cuDNN' "$OUT/configure.log"
 
 # ---- kernel rates, then the benchmark (background) and the parity test (foreground) -------------
 echo "== $(ts) GEMM and attention rates: vmla-bench-gpu --micro"
-timeout 120 "$BUILD/vmla-bench-gpu" --micro 2>&1 | tee "$OUT/micro.log"
+timeout ${VMLA_MICRO_TIMEOUT:-240} "$BUILD/vmla-bench-gpu" --micro 2>&1 | tee "$OUT/micro.log"
 echo "== $(ts) benchmark starts (background): vmla-bench-gpu --no-gemm ${VMLA_BENCH_ARGS:---chunks 6}"
 ( timeout ${VMLA_BENCH_TIMEOUT:-400} "$BUILD/vmla-bench-gpu" --no-gemm ${VMLA_BENCH_ARGS:---chunks 6} 2>&1 | while IFS= read -r l; do echo "$(ts) $l"; done \
     > "$OUT/bench.log" ) &

@@ -23,6 +23,9 @@
  *    load during this tile's softmax and P V); k_attn_tc loads them with plain loads, one global
  *    latency per loop step. Measured on an H200 at the chunk's shapes (4680 queries x 10920 keys):
  *    k_attn_tcp 66 TFLOP/s, k_attn_tc 44-48, k_attn_simple 2.4 (bench/RESULTS.md).
+ *
+ * When the backend has cuDNN (cuda_cudnn_attn.cu), cu_attention hands the call to cuDNN's fused
+ * attention first and runs these kernels only for what cuDNN does not take (f32, odd strides).
  */
 #include <mma.h>
 #include <stdint.h>
@@ -667,8 +670,10 @@ kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
     cu_impl *c = cu_of(be);
     if (q.rows == 0)
         return KN_OK;
-    kvdev d = kv_dev(kv);
     kn_status st;
+    if (c->dnn && (st = cu_dnn_attention(be, out, q, kv, q_heads, scale)) != KN_ERR_UNSUPPORTED)
+        return st; /* cuDNN took it (or failed on the device) */
+    kvdev d = kv_dev(kv);
     if (kv->pages) {
         int64_t np = (kv->n_tokens + kv->page_tokens - 1) / kv->page_tokens;
         d.pages = cu_pages(be, kv->pages, np, &st);
@@ -700,6 +705,7 @@ kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
             k_attn_tc<8><<<grid, 128, tsm, c->stream>>>(ov, qv, d, q.rows, group, scale);
         else
             k_attn_tc<16><<<grid, 128, tsm, c->stream>>>(ov, qv, d, q.rows, group, scale);
+        c->attn_last = c->attn_tc == 1 ? "tensor-core" : "tensor-core-sync";
         return cu_launched(be, "attention (tensor cores)");
     }
     int bk = 32;
@@ -710,5 +716,6 @@ kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
         return cu_fail(be, KN_ERR_UNSUPPORTED, "attention: head widths dk %d dv %d too wide", dk, dv);
     dim3 grid((unsigned)((q.rows + SQ - 1) / SQ), (unsigned)q_heads);
     k_attn_simple<<<grid, SIMPLE_THREADS, sm, c->stream>>>(ov, qv, d, q.rows, group, scale, bk);
+    c->attn_last = "simple";
     return cu_launched(be, "attention");
 }

@@ -9,9 +9,14 @@
  *     VMLA_CUDA_DTYPE=f32
  * before creating the backend to get an fp32-mode backend (compute dtype f32, plain SGEMM without
  * TF32), which matches the CPU reference to ~1e-6 and is what the parity tests use.
- *     VMLA_CUDA_ATTN=simple
- * forces the simple attention kernel (the reference variant) instead of the tensor-core one
- * (VMLA_CUDA_ATTN=tc-sync: the first tensor-core version, synchronous tile loads, for comparison).
+ *     VMLA_CUDA_ATTN=cudnn | cudnn-paged | tc | tc-sync | simple
+ * picks the attention: by default (or cudnn) cuDNN's fused flash attention when libcudnn loads
+ * (bf16 mode; KV pages gathered into a contiguous scratch, or with cudnn-paged handed to cuDNN as a
+ * page table; cuda_cudnn_attn.cu), with our tensor-core kernel for what cuDNN does not take; tc:
+ * our tensor-core kernel alone; tc-sync: its first version (synchronous tile loads); simple: the
+ * reference kernel. VMLA_CUDNN_SDPA=unified|composite picks cuDNN's graph form.
+ *     VMLA_CUDA_PROFILE=1
+ * wraps every op for event timing (cuda_prof.cu; off until kn_cuda_profile_on).
  *     VMLA_CUDA_NO_LT=1
  * makes kn_linear add its bias by a broadcast and beta = 1 instead of cublasLt's bias epilogue.
  *
@@ -812,6 +817,8 @@ static void cu_destroy(kn_backend_t *be)
     if (c) {
         if (c->stream)
             cudaStreamSynchronize(c->stream);
+        cu_dnn_close(be);
+        cu_prof_free(be);
         if (c->blas)
             cublasDestroy(c->blas);
         if (c->lt)
@@ -953,6 +960,7 @@ extern "C" kn_backend_t *kn_cuda_backend_new(int device, char *err, size_t errle
         const char *am = getenv("VMLA_CUDA_ATTN");
         int want_tc = !(am && !strcmp(am, "simple"));
         c->attn_tc = cu_attention_probe(be, want_tc);
+        c->attn_tc_ok = c->attn_tc || cu_attention_probe(be, 1);
         if (c->attn_tc && am && !strcmp(am, "tc-sync"))
             c->attn_tc = 2;
         if (be->err[0]) { /* the probe itself failed on the device */
@@ -961,6 +969,19 @@ extern "C" kn_backend_t *kn_cuda_backend_new(int device, char *err, size_t errle
             cu_destroy(be);
             return NULL;
         }
+        /* cuDNN's fused attention first (bf16 mode), unless a kernel of ours is asked for by name;
+         * when libcudnn is missing our tensor-core kernel stays the one */
+        int want_dnn = !am || !*am || !strncmp(am, "cudnn", 5);
+        if (want_dnn && c->ops.compute_dtype != KN_F32) {
+            char why[256];
+            if (!cu_dnn_open(be, am && !strcmp(am, "cudnn-paged"), why, sizeof why) && getenv("VMLA_CUDNN_VERBOSE"))
+                fprintf(stderr, "cuda backend: cuDNN attention off: %s\n", why);
+        }
+    }
+    if (getenv("VMLA_CUDA_PROFILE") && !cu_prof_install(be)) {
+        what = "cudaEventCreate (profiler)";
+        e = cudaErrorMemoryAllocation;
+        goto bad;
     }
     return be;
 bad:
@@ -981,6 +1002,71 @@ extern "C" const char *kn_cuda_attention_variant(const kn_backend_t *be)
 {
     if (!be || strcmp(be->ops->name, "cuda"))
         return "none";
-    int v = ((const cu_impl *)be->impl)->attn_tc;
+    const cu_impl *c = (const cu_impl *)be->impl;
+    if (c->dnn) {
+        cu_dnn_stats s;
+        cu_dnn_info(be, &s);
+        return s.paged ? "cudnn-paged" : "cudnn";
+    }
+    int v = c->attn_tc;
     return v == 1 ? "tensor-core" : v == 2 ? "tensor-core-sync" : "simple";
+}
+
+/* Switch the attention of a live backend (benchmarks: several variants over one engine): "cudnn",
+ * "cudnn-paged", "tc", "tc-sync" or "simple". Waits for the stream. Returns 0 when that variant
+ * cannot run here (no cuDNN, no tensor cores), leaving the backend as it was. */
+extern "C" int kn_cuda_attention_select(kn_backend_t *be, const char *name)
+{
+    if (!be || strcmp(be->ops->name, "cuda"))
+        return 0;
+    cu_impl *c = cu_of(be);
+    cudaStreamSynchronize(c->stream);
+    if (!strncmp(name, "cudnn", 5)) {
+        if (c->ops.compute_dtype == KN_F32)
+            return 0;
+        struct cu_dnn *old = c->dnn;
+        c->dnn = NULL;
+        char why[256];
+        if (!cu_dnn_open(be, !strcmp(name, "cudnn-paged"), why, sizeof why)) {
+            c->dnn = old;
+            return 0;
+        }
+        struct cu_dnn *nw = c->dnn;
+        c->dnn = old;
+        cu_dnn_close(be);
+        c->dnn = nw;
+        c->attn_tc = c->attn_tc_ok;
+        return 1;
+    }
+    int tc = !strcmp(name, "tc") ? 1 : !strcmp(name, "tc-sync") ? 2 : !strcmp(name, "simple") ? 0 : -1;
+    if (tc < 0 || (tc > 0 && !c->attn_tc_ok))
+        return 0;
+    cu_dnn_close(be);
+    c->attn_tc = tc;
+    return 1;
+}
+
+/* The path the last kn_attention call took ("cudnn-unified-gather", "tensor-core", ...). */
+extern "C" const char *kn_cuda_attention_last(const kn_backend_t *be)
+{
+    if (!be || strcmp(be->ops->name, "cuda"))
+        return "none";
+    const char *l = ((const cu_impl *)be->impl)->attn_last;
+    return l ? l : "none";
+}
+
+/* One line on cuDNN: version, plans built and refused, seconds spent building them. */
+extern "C" void kn_cuda_cudnn_info(const kn_backend_t *be, char *buf, size_t n)
+{
+    cu_dnn_stats s;
+    if (!be || strcmp(be->ops->name, "cuda")) {
+        snprintf(buf, n, "not a CUDA backend");
+        return;
+    }
+    cu_dnn_info(be, &s);
+    if (!s.version)
+        snprintf(buf, n, "cuDNN not in use");
+    else
+        snprintf(buf, n, "cuDNN %ld, %s, %d plans built (%.2f s), %d shapes refused%s%s", s.version,
+                 s.paged ? "paged" : "gather", s.plans_built, s.build_s, s.plans_failed, s.why[0] ? ": " : "", s.why);
 }

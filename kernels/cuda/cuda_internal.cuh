@@ -37,6 +37,10 @@ typedef struct {
     int attn_tc;        /* attention kernel: 0 simple, 1 tensor cores (pipelined), 2 tensor cores
                            with synchronous tile loads (the first version, kept for comparison) */
     int smem_optin;     /* bytes of dynamic shared memory a block may opt in to */
+    int attn_tc_ok;     /* the probe's answer: the tensor-core kernels may be used */
+    struct cu_dnn *dnn; /* cuDNN's fused attention (cuda_cudnn_attn.cu), or NULL: our kernels */
+    const char *attn_last; /* which path the last kn_attention took (for tests and benchmarks) */
+    struct cu_prof *prof;  /* per-op event timing (VMLA_CUDA_PROFILE=1), or NULL */
 } cu_impl;
 
 /* Bytes of an element (kernels/backend.c has kn_dtype_size; kept local so vmla_cuda links alone). */
@@ -105,5 +109,32 @@ int cu_attention_probe(kn_backend_t *be, int want_tc);
 kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
                        float scale);
 kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+
+/* ---- cuDNN fused attention (cuda_cudnn_attn.cu) ----------------------------------------------------- */
+
+/* Load libcudnn (dlopen) and make a handle on the backend's stream; paged: hand the KV pages to
+ * cuDNN as containers + page table instead of gathering them. Returns 1, or 0 with the reason in
+ * why (library missing, too old, built without cuDNN). */
+int cu_dnn_open(kn_backend_t *be, int paged, char *why, size_t n);
+void cu_dnn_close(kn_backend_t *be);
+/* The attention through cuDNN; KN_ERR_UNSUPPORTED (no message) when cuDNN does not take this
+ * shape or dtype, so the caller runs its own kernel. */
+kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
+                           float scale);
+typedef struct {
+    long version;                   /* cudnnGetVersion(), 0 when not loaded */
+    int plans_built, plans_failed;  /* shapes with a plan / shapes no engine took */
+    double build_s;                 /* seconds spent building plans */
+    int paged;
+    char why[256];                  /* why the last refused shape was refused */
+} cu_dnn_stats;
+void cu_dnn_info(const kn_backend_t *be, cu_dnn_stats *s);
+
+/* ---- per-op event timing (cuda_prof.cu) --------------------------------------------------------------- */
+
+/* Wrap the backend's op table (be->ops must be the impl's own copy) so that ops can be timed with
+ * events once kn_cuda_profile_on(be, 1) is called. Returns 0 if the events could not be made. */
+int cu_prof_install(kn_backend_t *be);
+void cu_prof_free(kn_backend_t *be);
 
 #endif

@@ -15,8 +15,12 @@
  *
  * Attention runs paged (pages out of order, partial last page), contiguous, MHA (kv_heads = q
  * heads), MLA (kv_heads 1, dk = d_c + d_r != dv), GQA, with bf16 and f32 KV storage and up to 5000
- * keys, on the tensor-core kernel, its first (synchronous-load) version and the simple one
- * (VMLA_CUDA_ATTN=tc-sync / simple); kn_linear also without cublasLt (bias by broadcast).
+ * keys, on cuDNN's fused attention (the default where libcudnn loads: KV gathered; then with the
+ * pages handed to cuDNN, VMLA_CUDA_ATTN=cudnn-paged; then cuDNN's composite graph form), on our
+ * tensor-core kernel, its first (synchronous-load) version and the simple one (VMLA_CUDA_ATTN=tc /
+ * tc-sync / simple); kn_linear also without cublasLt (bias by broadcast). Statistics are kept per
+ * path taken (attention:<path>/<mode>), and on a cuDNN backend the chunk's own shapes must have run
+ * on cuDNN, not fallen back.
  *
  * Finally whole generations: the tiny-test presets with the golden weights, 3 chunks through
  * engine/engine.h, GPU vs CPU: fp32 mode within 1e-4 relative (latents; measured 2.6e-7), bf16
@@ -38,6 +42,8 @@
 
 /* from kernels/cuda/cuda_backend.cu */
 const char *kn_cuda_attention_variant(const kn_backend_t *be);
+const char *kn_cuda_attention_last(const kn_backend_t *be);
+void kn_cuda_cudnn_info(const kn_backend_t *be, char *buf, size_t n);
 
 #define SENT 0x7fc07fc0u /* NaN as f32, and both halves NaN as bf16 and f16 */
 #define PAD 256          /* bytes of sentinel before and after every tensor */
@@ -426,6 +432,7 @@ typedef struct {
     int64_t ntok;
     int pt; /* page tokens; 0: contiguous */
     kn_dtype kvdt;
+    int need_dnn; /* on a cuDNN backend this case must run on cuDNN (the chunk's own shapes) */
 } attn_case;
 
 /* A pool of n_pages pages, each page_tokens rows of `width` (+ a pad) values, random contents. */
@@ -503,7 +510,17 @@ static void t_attention(attn_case a)
     float scale = 1.0f / sqrtf((float)a.dk);
     ok_both(kn_attention(gpu, out.g, q.g, &kg, a.hq, scale), kn_attention(cpu, out.c, q.c, &kc, a.hq, scale),
             "attention", what);
-    cmp("attention", what, &out, 0);
+    /* which path ran: the statistics are kept per path, and on a cuDNN backend the chunk's shapes
+     * must not have fallen back to our kernel */
+    const char *path = kn_cuda_attention_last(gpu);
+    char op[64];
+    snprintf(op, sizeof op, "attention:%s", path);
+    if (a.need_dnn && a.kvdt == KN_BF16 && gdt == KN_BF16 && !strncmp(kn_cuda_attention_variant(gpu), "cudnn", 5)) {
+        char info[512];
+        kn_cuda_cudnn_info(gpu, info, sizeof info);
+        CHECK(!strncmp(path, "cudnn", 5), "attention %s: ran on %s, not cuDNN (%s)", what, path, info);
+    }
+    cmp(op, what, &out, 0);
     drop(&q), drop(&out), drop(&s.pool);
     free(s.pages);
 }
@@ -530,17 +547,18 @@ static void t_kv_store(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64
 static void attention_suite(void)
 {
     const attn_case cs[] = {
-        {7, 4, 4, 16, 16, 37, 8, KN_BF16},        /* tiny MHA */
-        {33, 4, 1, 32, 24, 100, 6, KN_BF16},      /* tiny MLA: dk = 24 + 8, dv = 24 */
-        {257, 2, 2, 128, 128, 1000, 64, KN_BF16}, /* wan MHA head */
-        {130, 3, 1, 224, 160, 700, 50, KN_BF16},  /* wan MLA: d_c 160 + d_r 64 */
-        {65, 4, 4, 64, 64, 512, 0, KN_BF16},      /* cross-attention: contiguous */
-        {1, 1, 1, 256, 256, 1, 4, KN_BF16},       /* one query, one key */
-        {64, 2, 1, 128, 128, 5000, 128, KN_BF16}, /* many tokens, MQA */
-        {19, 6, 2, 64, 32, 300, 16, KN_BF16},     /* GQA */
-        {33, 4, 4, 16, 16, 37, 8, KN_F32},
-        {130, 3, 1, 224, 160, 700, 50, KN_F32},
-        {65, 4, 4, 64, 64, 512, 0, KN_F32},
+        {7, 4, 4, 16, 16, 37, 8, KN_BF16, 0},         /* tiny MHA */
+        {33, 4, 1, 32, 24, 100, 6, KN_BF16, 0},       /* tiny MLA: dk = 24 + 8, dv = 24 */
+        {257, 2, 2, 128, 128, 1000, 64, KN_BF16, 1},  /* wan MHA head */
+        {130, 3, 1, 224, 160, 700, 50, KN_BF16, 0},   /* wan MLA: d_c 160 + d_r 64 */
+        {65, 4, 4, 64, 64, 512, 0, KN_BF16, 1},       /* cross-attention: contiguous */
+        {1, 1, 1, 256, 256, 1, 4, KN_BF16, 0},        /* one query, one key */
+        {64, 2, 1, 128, 128, 5000, 128, KN_BF16, 1},  /* many tokens, MQA */
+        {19, 6, 2, 64, 32, 300, 16, KN_BF16, 0},      /* GQA */
+        {100, 3, 3, 192, 128, 390, 130, KN_BF16, 0},  /* MLA rebuilt per head: dh 128 + d_r 64 */
+        {33, 4, 4, 16, 16, 37, 8, KN_F32, 0},
+        {130, 3, 1, 224, 160, 700, 50, KN_F32, 0},
+        {65, 4, 4, 64, 64, 512, 0, KN_F32, 0},
     };
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
         t_attention(cs[i]);
@@ -736,6 +754,9 @@ int main(void)
         op_suite();
         engine_parity("tiny-test", "tiny-mha.safetensors", ENGINE_BF16_TOL);
         engine_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_BF16_TOL);
+        char info[512];
+        kn_cuda_cudnn_info(gpu, info, sizeof info);
+        printf("  %s\n", info);
         kn_backend_free(gpu);
     }
 
@@ -756,6 +777,38 @@ int main(void)
         mode = "bf16-tc-sync";
         printf("cuda backend, bf16 mode (attention: %s)\n", kn_cuda_attention_variant(gpu));
         attention_suite();
+        kn_backend_free(gpu);
+    }
+    /* our tensor-core kernel by name (the default is cuDNN where it loads), then cuDNN with the
+     * pages handed over as a page table, then cuDNN's composite graph form */
+    gpu = open_gpu("bf16", "tc", &skip);
+    if (gpu) {
+        mode = "bf16-tc";
+        printf("cuda backend, bf16 mode (attention: %s)\n", kn_cuda_attention_variant(gpu));
+        attention_suite();
+        kn_backend_free(gpu);
+    }
+    const char *dnn_modes[][2] = {{"cudnn-paged", NULL}, {"cudnn", "composite"}};
+    for (int i = 0; i < 2; i++) {
+        if (dnn_modes[i][1])
+            setenv("VMLA_CUDNN_SDPA", dnn_modes[i][1], 1);
+        gpu = open_gpu("bf16", dnn_modes[i][0], &skip);
+        unsetenv("VMLA_CUDNN_SDPA");
+        if (!gpu)
+            continue;
+        char info[512];
+        if (strncmp(kn_cuda_attention_variant(gpu), "cudnn", 5)) {
+            kn_cuda_cudnn_info(gpu, info, sizeof info);
+            printf("cuda backend: no cuDNN here (%s): %s pass skipped\n", info, dnn_modes[i][0]);
+            kn_backend_free(gpu);
+            continue;
+        }
+        mode = i == 0 ? "bf16-cudnn-paged" : "bf16-cudnn-composite";
+        printf("cuda backend, bf16 mode (attention: %s%s%s)\n", kn_cuda_attention_variant(gpu),
+               dnn_modes[i][1] ? ", form " : "", dnn_modes[i][1] ? dnn_modes[i][1] : "");
+        attention_suite();
+        kn_cuda_cudnn_info(gpu, info, sizeof info);
+        printf("  %s\n", info);
         kn_backend_free(gpu);
     }
 
