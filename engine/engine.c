@@ -732,6 +732,13 @@ eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n)
     return ENG_OK;
 }
 
+eng_status eng_sync(eng_engine_t *e)
+{
+    if (kn_sync(e->be) != KN_OK)
+        return fail(e->err, sizeof e->err, ENG_ERR_BACKEND, "sync: %s", kn_backend_error(e->be));
+    return ENG_OK;
+}
+
 eng_status eng_generate_chunk(eng_engine_t *e, eng_stream_t *const *streams, int n)
 {
     if (n <= 0 || n > e->o.max_batch)

@@ -131,6 +131,8 @@ void eng_stream_set_noise(eng_stream_t *s, eng_noise_fn fn, void *user);
  * a stream that cannot run (no pages, frame limit, failed before) is left out of the batch and
  * keeps its own error (eng_stream_status). A backend failure fails every stream in the batch. */
 eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n);
+/* Wait for the work enqueued on the backend (for timing a step). */
+eng_status eng_sync(eng_engine_t *e);
 /* Run passes until every listed stream has finished one chunk (decoded and cached). */
 eng_status eng_generate_chunk(eng_engine_t *e, eng_stream_t *const *streams, int n);
 

@@ -1,4 +1,5 @@
 /* engine/sched_exec.c — see sched_exec.h. */
+#include <stdio.h>
 #include <string.h>
 
 #include "engine/sched_exec.h"
@@ -44,6 +45,8 @@ void eng_sched_execute(eng_engine_t *e, const sch_work *w, eng_open_fn open, voi
             before[i] = eng_stream_passes(batch[i]);
         }
         eng_status st = eng_step(e, batch, w->n);
+        if (st == ENG_OK) /* the step's real duration (the backend may run behind the host) */
+            st = eng_sync(e);
         for (int i = 0; i < w->n; i++) {
             if (st != ENG_OK || eng_stream_status(batch[i]) != ENG_OK)
                 res[i] = SCH_FAILED;
@@ -70,4 +73,50 @@ void eng_sched_execute(eng_engine_t *e, const sch_work *w, eng_open_fn open, voi
         break;
     }
     *seconds = clock() - t0;
+}
+
+int eng_sched_calibrate(eng_engine_t *e, sch_t *s, int max_n, double (*clock)(void), char *err, size_t errlen)
+{
+    const sch_config *c = sch_get_config(s);
+    const eng_config *cfg = eng_get_config(e);
+    eng_pool_stats ps;
+    eng_pool_get_stats(e, &ps);
+    int cap = max_n;
+    if (cap > c->max_batch)
+        cap = c->max_batch;
+    if (cap > ps.free_slots)
+        cap = ps.free_slots;
+    if (cap > ps.free_pages / ps.pages_per_stream)
+        cap = (int)(ps.free_pages / ps.pages_per_stream);
+    if (cap < 1) {
+        snprintf(err, errlen, "calibration: no free stream slot or pages");
+        return -1;
+    }
+    int sizes[2] = {1, cap}, n_sizes = cap > 1 ? 2 : 1;
+    int warm = cfg->window / cfg->chunk_frames + 1; /* chunks until the window is full */
+    eng_stream_t *st[SCH_MAX_BATCH];
+    for (int k = 0; k < n_sizes; k++) {
+        int n = sizes[k], opened = 0, bad = 0;
+        for (; opened < n && !bad; opened++)
+            bad = eng_stream_open(e, (uint64_t)opened + 1, "calibration", &st[opened]) != ENG_OK;
+        if (bad)
+            opened--;
+        for (int ch = 0; ch < warm - 1 && !bad; ch++)
+            bad = eng_generate_chunk(e, st, n) != ENG_OK;
+        for (int p = 0; p < c->passes_per_chunk && !bad; p++) {
+            double t0 = clock();
+            bad = eng_step(e, st, n) != ENG_OK || eng_sync(e) != ENG_OK;
+            for (int i = 0; i < n && !bad; i++)
+                bad = eng_stream_status(st[i]) != ENG_OK;
+            if (!bad)
+                sch_observe(s, n, clock() - t0);
+        }
+        if (bad)
+            snprintf(err, errlen, "calibration: %s", eng_error(e));
+        for (int i = 0; i < opened; i++)
+            eng_stream_close(st[i]);
+        if (bad)
+            return -1;
+    }
+    return 0;
 }

@@ -25,4 +25,10 @@ typedef eng_status (*eng_open_fn)(void *user, sch_job *j, eng_stream_t **out);
 void eng_sched_execute(eng_engine_t *e, const sch_work *w, eng_open_fn open, void *user, double (*clock)(void),
                        sch_result *res, double *seconds);
 
+/* Measure step times at batch sizes 1 and up to max_n (bounded by max_batch, free slots and
+ * pages) on throwaway streams whose window is full, and feed them to the scheduler's cost
+ * model (so admission is right from the first session, and nothing compiles or tunes itself
+ * while a user waits). Returns 0, or -1 with the engine's message in err. */
+int eng_sched_calibrate(eng_engine_t *e, sch_t *s, int max_n, double (*clock)(void), char *err, size_t errlen);
+
 #endif

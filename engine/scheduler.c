@@ -529,6 +529,22 @@ void sch_done(sch_t *s, const sch_work *w, const sch_result *res, double now, do
     }
 }
 
+int sch_admit_room(const sch_t *s)
+{
+    sch_stats st;
+    sch_get_stats(s, &st);
+    int room = s->c.max_resident - st.resident;
+    int pages = s->c.pool_pages / s->c.pages_per_stream - st.resident;
+    if (pages < room)
+        room = pages;
+    int cap = st.capacity < 0 ? (st.compute == 0) : st.capacity - st.compute;
+    if (st.compute == 0 && cap < 1)
+        cap = 1; /* one stream is always admitted */
+    if (cap < room)
+        room = cap;
+    return room > 0 ? room : 0;
+}
+
 void sch_get_stats(const sch_t *s, sch_stats *st)
 {
     memset(st, 0, sizeof *st);

@@ -146,6 +146,9 @@ double sch_predict(const sch_t *s, int n);
 /* Predicted busy seconds per chunk_seconds with n streams holding compute (< 0: unknown). */
 double sch_busy(const sch_t *s, int n);
 
+/* How many more jobs could start now by slots, pages and measured capacity (the queue aside). */
+int sch_admit_room(const sch_t *s);
+
 typedef struct {
     int queued, opening, running, paused, offloaded, closing; /* jobs by state (paused: on device) */
     int resident;         /* holding a slot and reserved pages */

@@ -1,159 +1,205 @@
-/* server/gen.c — the engine thread: admits queued sessions, advances due streams in batches
- * through eng_step, and hands finished chunks to the encoders.
+/* server/gen.c — the engine thread: carries out the scheduler's decisions (engine/scheduler.h)
+ * on the engine and hands finished chunks to the encoders.
  *
- * Pacing: a stream is due while it has generated less than its playback clock plus
- * --lead-chunks chunks (so a viewer's queue stays short and many streams share the engine), and
- * while fewer than two of its chunks wait for the encoder. Until the scheduler issue lands,
- * sessions beyond --max-sessions wait in a FIFO queue; a started stream is never frozen. */
+ * Only this thread calls the scheduler and the engine. Other threads set a session's request
+ * flags (stop, pause, prompt) under srv.lock; housekeeping() turns them into scheduler calls
+ * before each decision. The lock is released while the engine works, so the network threads
+ * never wait for a step.
+ *
+ * Pacing is the scheduler's: a stream runs at most --lead-chunks chunks ahead of its playback
+ * clock, and not while two of its chunks wait for the encoder (sch_set_blocked). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/sched_exec.h"
 #include "server/server.h"
 
-static void open_streams(void)
+static int job_active(const srv_session *s)
 {
-    int running = srv_count_state(SESS_RUNNING) + srv_count_state(SESS_PAUSED);
-    /* FIFO by queued time */
-    for (;;) {
-        srv_session *next = NULL;
-        for (int i = 0; i < srv.n_table; i++) {
-            srv_session *s = srv.table[i];
-            if (s->state == SESS_QUEUED && (!next || s->queued_at < next->queued_at))
-                next = s;
-        }
-        if (!next || running >= srv.o.max_sessions)
-            return;
-        eng_stream_t *st = NULL;
-        if (eng_stream_open(srv.eng, next->seed, next->prompt, &st) != ENG_OK) {
-            srv_session_end(next, SESS_FAILED, "error", eng_error(srv.eng));
-            continue;
-        }
-        next->stream = st;
-        next->state = next->pause_requested ? SESS_PAUSED : SESS_RUNNING;
-        next->play_start = srv_now();
-        running++;
-    }
+    return s->job.state != SCH_NEW && s->job.state != SCH_DONE;
 }
 
-/* Apply requests; close streams of ended sessions. */
+static int64_t frame_limit(const srv_session *s)
+{
+    return s->seconds >= 0 ? (int64_t)(s->seconds * srv.fps + 0.5) : -1;
+}
+
+/* Requests from the network threads become scheduler calls; new sessions are submitted. */
 static void housekeeping(void)
 {
     double now = srv_now();
     for (int i = 0; i < srv.n_table; i++) {
         srv_session *s = srv.table[i];
-        if (s->stream && (s->state == SESS_ENDED || s->state == SESS_FAILED || s->stop_requested)) {
-            eng_stream_close(s->stream);
-            s->stream = NULL;
-            s->kv_bytes = 0;
-            if (s->state != SESS_ENDED && s->state != SESS_FAILED)
+        int ended = s->state == SESS_ENDED || s->state == SESS_FAILED;
+        if (s->state == SESS_QUEUED && !s->submitted && !s->stop_requested) {
+            sch_job_init(&s->job, 0, s);
+            s->submitted = 1;
+            if (sch_submit(srv.sched, &s->job, now) < 0)
+                srv_session_end(s, SESS_FAILED, "error", "the admission queue is full");
+            continue;
+        }
+        if (!job_active(s)) {
+            if (s->stop_requested && !ended)
                 srv_session_end(s, SESS_ENDED, "stopped", NULL);
             continue;
         }
-        if (s->state == SESS_QUEUED && s->stop_requested)
-            srv_session_end(s, SESS_ENDED, "stopped", NULL);
-        if (!s->stream)
+        if (ended || s->stop_requested) {
+            if (!s->job.want_stop)
+                sch_stop(srv.sched, &s->job);
+            if (!ended)
+                srv_session_end(s, SESS_ENDED, "stopped", NULL);
             continue;
-        if (s->prompt_pending) {
+        }
+        int64_t lim = frame_limit(s);
+        if (lim >= 0 && s->frames_generated >= lim) { /* all its frames are out: the stream can go */
+            sch_stop(srv.sched, &s->job);
+            continue;
+        }
+        if (s->prompt_pending && s->stream) {
             eng_stream_set_prompt(s->stream, s->pending_prompt);
             memcpy(s->prompt, s->pending_prompt, sizeof s->prompt);
             s->prompt_pending = 0;
         }
-        if (s->pause_requested && s->state == SESS_RUNNING) {
-            s->state = SESS_PAUSED;
+        if (s->pause_requested && !s->job.want_pause) {
+            sch_pause(srv.sched, &s->job, now);
+            if (s->state == SESS_RUNNING)
+                s->state = SESS_PAUSED;
             s->paused_at = now;
-        } else if (!s->pause_requested && s->state == SESS_PAUSED) {
-            s->state = SESS_RUNNING;
-            s->play_start += now - s->paused_at; /* the playback clock stood still */
+        } else if (!s->pause_requested && s->job.want_pause) {
+            sch_resume(srv.sched, &s->job, now);
+            if (s->state == SESS_PAUSED)
+                s->state = SESS_RUNNING;
         }
+        sch_set_blocked(srv.sched, &s->job, s->jobs_pending >= 2);
         /* idle: nobody watching and no API activity */
         if (!s->viewers && srv.o.idle_timeout > 0 && now - s->last_activity > srv.o.idle_timeout)
             srv_session_end(s, SESS_ENDED, "idle", NULL);
     }
 }
 
-static int due(const srv_session *s, double now)
+static eng_status open_job(void *user, sch_job *j, eng_stream_t **out)
 {
-    if (s->state != SESS_RUNNING || !s->stream || s->stop_requested || s->jobs_pending >= 2)
-        return 0;
-    if (s->seconds >= 0 && s->frames_generated >= (int64_t)(s->seconds * srv.fps + 0.5))
-        return 0;
-    double allowed = (now - s->play_start) * srv.fps + srv.o.lead_chunks * srv.frames_per_chunk;
-    return (double)s->frames_generated < allowed;
+    srv_session *s = j->user;
+    /* the prompt is only written by this thread (housekeeping), so reading it unlocked is safe */
+    return eng_stream_open(srv.eng, s->seed, s->prompt, out);
+}
+
+static double clock_fn(void) { return srv_now(); }
+
+/* A finished chunk of session s goes to the encoders. */
+static void deliver(srv_session *s, double now)
+{
+    double gen_ms = (now - s->chunk_started) * 1000.0;
+    const eng_frames *fr = eng_stream_take_frames(s->stream);
+    if (!fr)
+        return;
+    size_t bytes = (size_t)fr->n_frames * fr->width * fr->height * 3;
+    int nf = fr->n_frames;
+    int64_t lim = frame_limit(s);
+    if (lim >= 0 && lim - s->frames_generated < nf) /* the last chunk may be cut */
+        nf = (int)(lim - s->frames_generated > 0 ? lim - s->frames_generated : 0);
+    uint8_t *rgb = malloc(bytes);
+    if (rgb)
+        memcpy(rgb, fr->rgb, bytes);
+    s->frames_generated += nf;
+    s->chunks_generated++;
+    int last = lim >= 0 && s->frames_generated >= lim;
+    if (!rgb || nf <= 0 || srv_enc_submit(s, rgb, nf, fr->chunk, fr->frame0, gen_ms, last)) {
+        free(rgb);
+        if (nf > 0)
+            srv_session_end(s, SESS_FAILED, "error", "cannot queue a chunk for encoding");
+    }
+}
+
+/* After the work: sessions learn what happened to their streams (lock held). */
+static void apply(const sch_work *w, const sch_result *res, double now)
+{
+    for (int i = 0; i < w->n; i++) {
+        srv_session *s = w->jobs[i]->user;
+        const char *why = NULL;
+        switch (w->kind) {
+        case SCH_OPEN:
+            if (res[i] != SCH_OK) {
+                why = eng_error(srv.eng);
+                break;
+            }
+            s->stream = w->jobs[i]->stream;
+            if (s->state == SESS_QUEUED)
+                s->state = s->pause_requested ? SESS_PAUSED : SESS_RUNNING;
+            break;
+        case SCH_STEP:
+            if (res[i] == SCH_FAILED)
+                why = eng_stream_error(s->stream)[0] ? eng_stream_error(s->stream) : eng_error(srv.eng);
+            else if (res[i] == SCH_OK) {
+                s->kv_bytes = eng_stream_kv_bytes(s->stream);
+                deliver(s, now);
+            }
+            break;
+        case SCH_OFFLOAD:
+        case SCH_RESTORE:
+            if (res[i] == SCH_FAILED)
+                why = eng_stream_error(s->stream);
+            else
+                s->kv_bytes = eng_stream_resident(s->stream) ? eng_stream_kv_bytes(s->stream) : 0;
+            break;
+        case SCH_CLOSE:
+            s->stream = NULL;
+            s->kv_bytes = 0;
+            break;
+        case SCH_IDLE:
+            break;
+        }
+        if (why)
+            srv_session_end(s, SESS_FAILED, "error", why);
+    }
 }
 
 static void *gen_main(void *arg)
 {
-    int rr = 0; /* round-robin start */
+    sch_result res[SCH_MAX_BATCH];
     while (atomic_load(&srv.running)) {
-        eng_stream_t *batch[64];
-        srv_session *who[64];
-        int n = 0;
         pthread_mutex_lock(&srv.lock);
         housekeeping();
-        open_streams();
         srv_gc_sessions();
         double now = srv_now();
-        int cap = srv.o.max_batch < 64 ? srv.o.max_batch : 64;
-        for (int k = 0; k < srv.n_table && n < cap; k++) {
-            srv_session *s = srv.table[(rr + k) % srv.n_table];
-            if (due(s, now)) {
-                srv_session_ref(s);
-                who[n] = s;
-                batch[n++] = s->stream;
+        sch_work w;
+        sch_next(srv.sched, now, &w);
+        if (w.kind == SCH_IDLE) {
+            double wait = w.wake_at - now;
+            if (!(wait < 0.05))
+                wait = 0.05; /* requests arrive by srv.wake; housekeeping timers need a tick */
+            if (wait > 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                long ns = ts.tv_nsec + (long)(wait * 1e9);
+                ts.tv_sec += ns / 1000000000L;
+                ts.tv_nsec = ns % 1000000000L;
+                pthread_cond_timedwait(&srv.wake, &srv.lock, &ts);
             }
-        }
-        if (srv.n_table)
-            rr = (rr + 1) % srv.n_table;
-        if (n == 0) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 10 * 1000 * 1000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&srv.wake, &srv.lock, &ts);
             pthread_mutex_unlock(&srv.lock);
             continue;
         }
+        for (int i = 0; i < w.n; i++) {
+            srv_session *s = w.jobs[i]->user;
+            srv_session_ref(s);
+            if (w.kind == SCH_STEP && w.jobs[i]->pass == 0)
+                s->chunk_started = now; /* the chunk's first pass */
+        }
         pthread_mutex_unlock(&srv.lock);
 
-        double t0 = srv_now();
-        eng_status st = eng_step(srv.eng, batch, n);
-        double dt = srv_now() - t0;
+        double seconds = 0;
+        eng_sched_execute(srv.eng, &w, open_job, NULL, clock_fn, res, &seconds);
 
         pthread_mutex_lock(&srv.lock);
-        for (int i = 0; i < n; i++) {
-            srv_session *s = who[i];
-            if (st != ENG_OK || eng_stream_status(s->stream) != ENG_OK) {
-                const char *e = st != ENG_OK ? eng_error(srv.eng) : eng_stream_error(s->stream);
-                srv_session_end(s, SESS_FAILED, "error", e);
-            } else {
-                s->kv_bytes = eng_stream_kv_bytes(s->stream);
-                const eng_frames *fr = eng_stream_take_frames(s->stream);
-                if (fr) {
-                    size_t bytes = (size_t)fr->n_frames * fr->width * fr->height * 3;
-                    int nf = fr->n_frames;
-                    if (s->seconds >= 0) { /* the last chunk may be cut */
-                        int64_t want = (int64_t)(s->seconds * srv.fps + 0.5) - s->frames_generated;
-                        if (want < nf)
-                            nf = (int)(want > 0 ? want : 0);
-                    }
-                    uint8_t *rgb = malloc(bytes);
-                    if (rgb)
-                        memcpy(rgb, fr->rgb, bytes);
-                    s->frames_generated += nf;
-                    s->chunks_generated++;
-                    int last = s->seconds >= 0 && s->frames_generated >= (int64_t)(s->seconds * srv.fps + 0.5);
-                    if (!rgb || nf <= 0 ||
-                        srv_enc_submit(s, rgb, nf, fr->chunk, fr->frame0, dt * 1000.0, last)) {
-                        free(rgb);
-                        if (nf > 0)
-                            srv_session_end(s, SESS_FAILED, "error", "cannot queue a chunk for encoding");
-                    }
-                }
-            }
+        double after = srv_now();
+        apply(&w, res, after);
+        sch_done(srv.sched, &w, res, after, seconds);
+        for (int i = 0; i < w.n; i++) {
+            srv_session *s = w.jobs[i]->user;
+            if (s->job.state == SCH_DONE && s->job.failed && s->state != SESS_FAILED)
+                srv_session_end(s, SESS_FAILED, "error", "the stream failed");
             srv_session_unref(s);
         }
         pthread_mutex_unlock(&srv.lock);
@@ -164,6 +210,7 @@ static void *gen_main(void *arg)
         if (srv.table[i]->stream) {
             eng_stream_close(srv.table[i]->stream);
             srv.table[i]->stream = NULL;
+            srv.table[i]->job.stream = NULL;
         }
     pthread_mutex_unlock(&srv.lock);
     return NULL;

@@ -212,13 +212,14 @@ static enum MHD_Result create_session(struct MHD_Connection *c, req_ctx *rq)
     }
 
     pthread_mutex_lock(&srv.lock);
-    int active = srv_count_state(SESS_QUEUED) + srv_count_state(SESS_RUNNING) + srv_count_state(SESS_PAUSED);
-    if (active >= srv.o.max_sessions + srv.o.max_queue) {
+    /* a new session waits only if the scheduler cannot start it now (its room) */
+    int queued = srv_count_state(SESS_QUEUED);
+    if (queued >= srv.o.max_queue + sch_admit_room(srv.sched)) {
         srv.m.sessions_rejected++;
         pthread_mutex_unlock(&srv.lock);
         srv_session_unref(s);
-        snprintf(err, sizeof err, "%d sessions are running or queued (the limit)", active);
-        return send_error(c, 429, "too_many_sessions", err, "Retry-After", "10");
+        snprintf(err, sizeof err, "at capacity: %d sessions already wait for admission (the limit)", queued);
+        return send_error(c, 503, "at_capacity", err, "Retry-After", "10");
     }
     if (srv.n_table == srv.cap_table) {
         int cap = srv.cap_table ? 2 * srv.cap_table : 64;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "engine/cli.h"
+#include "engine/sched_exec.h"
 #include "server/server.h"
 
 static void usage(FILE *f)
@@ -24,8 +25,8 @@ static void usage(FILE *f)
             "  --port N              HTTP port (default 8080)\n"
             "  --ws-port N           WebSocket port (default: HTTP port + 1)\n"
             "  --public-ws-url URL   base of stream URLs (default ws://<the request's host>:<ws-port>)\n"
-            "  --max-sessions N      sessions generating at once (default 4)\n"
-            "  --max-queue N         sessions waiting beyond that; more get 429 (default 16)\n"
+            "  --max-sessions N      sessions resident at once: stream slots (default 4)\n"
+            "  --max-queue N         sessions waiting for admission; more get 503 + Retry-After (default 16)\n"
             "  --max-batch N         streams advanced in one engine step (default 4)\n"
             "  --api-key K           require this key on /v1 and streams (or env VMLA_API_KEY)\n"
             "  --viewer-queue N      messages queued per viewer before dropping to a keyframe (default 8)\n"
@@ -37,7 +38,15 @@ static void usage(FILE *f)
             "  --lead-chunks X       chunks a stream may run ahead of playback (default 2)\n"
             "  --web-root DIR        the web client (default web-client)\n"
             "  --device cpu|cuda     backend (default cpu)\n"
-            "  --drain-timeout S     on SIGTERM, let running sessions go on up to S seconds (default 0)\n",
+            "  --drain-timeout S     on SIGTERM, let running sessions go on up to S seconds (default 0)\n"
+            "  --kv-pool-mb N        KV pool size (default: --max-sessions full windows)\n"
+            "  --kv-pool-fraction F  or that share of the memory left after weights and activations\n"
+            "  --host-kv-mb N        page-locked host tier for paused sessions' KV (default 0: none)\n"
+            "  --offload-after S     move a paused session's KV to the host tier after S seconds (default 30;\n"
+            "                        at once when a waiting session needs its room)\n"
+            "  --headroom F          admit while predicted busy time stays within F of real time (default 0.85)\n"
+            "  --ttff-target S       deadline of a session's first chunk (default 0.5)\n"
+            "  --calibrate 0|1       measure step times at start, before accepting sessions (default 1)\n",
             eng_config_presets());
 }
 
@@ -76,6 +85,13 @@ static int parse(int argc, char **argv, srv_options *o, const char **public_ws)
         else if (!strcmp(a, "--retain")) bad = cli_double(v, 0, 1e7, &d), o->retain = d;
         else if (!strcmp(a, "--lead-chunks")) bad = cli_double(v, 0.5, 100, &d), o->lead_chunks = d;
         else if (!strcmp(a, "--drain-timeout")) bad = cli_double(v, 0, 3600, &d), o->drain_timeout = d;
+        else if (!strcmp(a, "--kv-pool-mb")) bad = cli_double(v, 1, 1 << 24, &d), o->kv_pool_mb = d;
+        else if (!strcmp(a, "--kv-pool-fraction")) bad = cli_double(v, 0.001, 0.99, &d), o->kv_pool_fraction = d;
+        else if (!strcmp(a, "--host-kv-mb")) bad = cli_double(v, 0, 1 << 24, &d), o->host_kv_mb = d;
+        else if (!strcmp(a, "--offload-after")) bad = cli_double(v, 0, 1e7, &d), o->offload_after = d;
+        else if (!strcmp(a, "--headroom")) bad = cli_double(v, 0.05, 1, &d), o->headroom = d;
+        else if (!strcmp(a, "--ttff-target")) bad = cli_double(v, 0, 3600, &d), o->ttff_target = d;
+        else if (!strcmp(a, "--calibrate")) bad = cli_int(v, 0, 1, &n), o->calibrate = (int)n;
         else {
             fprintf(stderr, "vmla-server: unknown option %s (see --help)\n", a);
             return -1;
@@ -94,7 +110,8 @@ int main(int argc, char **argv)
     *o = (srv_options){.preset = "tiny", .host = "127.0.0.1", .web_root = "web-client", .port = 8080,
                        .max_sessions = 4, .max_queue = 16, .viewer_queue = 8, .encoders = 2, .max_batch = 4,
                        .idle_timeout = 60, .retain = 300, .max_recording = (size_t)64 << 20, .gop = 24,
-                       .device = "cpu", .lead_chunks = 2};
+                       .device = "cpu", .lead_chunks = 2, .offload_after = 30, .headroom = 0.85,
+                       .ttff_target = 0.5, .calibrate = 1};
     const char *public_ws = NULL;
     if (parse(argc, argv, o, &public_ws))
         return 2;
@@ -144,9 +161,39 @@ int main(int argc, char **argv)
     eo.weight_seed = 1;
     eo.max_batch = o->max_batch;
     eo.max_streams = o->max_sessions;
+    eo.kv_pool_bytes = (size_t)(o->kv_pool_mb * 1048576.0);
+    eo.kv_pool_fraction = o->kv_pool_fraction;
+    eo.host_kv_bytes = (size_t)(o->host_kv_mb * 1048576.0);
+    if (!strcmp(o->device, "cuda"))
+        eo.kv_dtype = KN_BF16;
     if (eng_open(&srv.eng, srv.be, &cfg, &eo, err, sizeof err) != ENG_OK) {
         fprintf(stderr, "vmla-server: %s\n", err);
         goto out;
+    }
+    sch_config sc;
+    sch_config_default(&sc);
+    sc.max_batch = o->max_batch;
+    sc.max_queue = o->max_queue;
+    sc.lead_chunks = o->lead_chunks;
+    sc.headroom = o->headroom;
+    sc.ttff_target = o->ttff_target;
+    sc.offload_after = o->offload_after;
+    eng_sched_config(srv.eng, &sc);
+    if (!(srv.sched = sch_new(&sc, err, sizeof err)) ||
+        (o->calibrate && eng_sched_calibrate(srv.eng, srv.sched, o->max_batch, srv_now, err, sizeof err))) {
+        fprintf(stderr, "vmla-server: %s\n", err);
+        goto out;
+    }
+    {
+        eng_pool_stats ps;
+        eng_pool_get_stats(srv.eng, &ps);
+        sch_stats ss;
+        sch_get_stats(srv.sched, &ss);
+        printf("vmla-server: KV pool %lld pages of %.2f MiB (%d sessions' windows), host tier %d sessions; "
+               "step %.1f ms alone, %.1f ms for %d; capacity %d real-time sessions\n",
+               (long long)ps.pages, ps.page_bytes / 1048576.0, (int)(ps.pages / ps.pages_per_stream), ps.host_slots,
+               sch_predict(srv.sched, 1) * 1000.0, sch_predict(srv.sched, o->max_batch) * 1000.0, o->max_batch,
+               ss.capacity);
     }
     srv.width = eng_video_width(srv.eng);
     srv.height = eng_video_height(srv.eng);
@@ -209,6 +256,7 @@ stop:
     srv.n_table = 0;
     pthread_mutex_unlock(&srv.lock);
 out:
+    sch_free(srv.sched);
     eng_close(srv.eng);
     kn_backend_free(srv.be);
     printf("vmla-server: stopped\n");

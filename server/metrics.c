@@ -107,6 +107,37 @@ char *srv_metrics_text(void)
             total - free_b, free_b);
         put(&b, "# HELP vmla_kv_bytes_free KV pool bytes free.\n# TYPE vmla_kv_bytes_free gauge\nvmla_kv_bytes_free %zu\n",
             free_b);
+        eng_pool_stats ps;
+        eng_pool_get_stats(srv.eng, &ps);
+        sch_stats ss;
+        sch_get_stats(srv.sched, &ss);
+        put(&b, "# HELP vmla_kv_page_bytes Bytes of one KV page (a latent frame, all layers).\n"
+                "# TYPE vmla_kv_page_bytes gauge\nvmla_kv_page_bytes %zu\n",
+            ps.page_bytes);
+        put(&b, "# HELP vmla_kv_pages KV pool pages: total, free, reserved for admitted sessions' windows.\n"
+                "# TYPE vmla_kv_pages gauge\nvmla_kv_pages{kind=\"total\"} %lld\nvmla_kv_pages{kind=\"free\"} %lld\n"
+                "vmla_kv_pages{kind=\"reserved\"} %d\nvmla_kv_pages{kind=\"per_session\"} %d\n",
+            (long long)ps.pages, (long long)ps.free_pages, ss.reserved_pages, ps.pages_per_stream);
+        put(&b, "# HELP vmla_kv_host_pages Host tier pages (paused sessions' KV).\n# TYPE vmla_kv_host_pages gauge\n"
+                "vmla_kv_host_pages{kind=\"total\"} %lld\nvmla_kv_host_pages{kind=\"free\"} %lld\n",
+            (long long)ps.host_pages, (long long)ps.free_host_pages);
+        put(&b, "# HELP vmla_sched_sessions Scheduler jobs by state.\n# TYPE vmla_sched_sessions gauge\n"
+                "vmla_sched_sessions{state=\"queued\"} %d\nvmla_sched_sessions{state=\"running\"} %d\n"
+                "vmla_sched_sessions{state=\"paused\"} %d\nvmla_sched_sessions{state=\"offloaded\"} %d\n",
+            ss.queued, ss.running, ss.paused, ss.offloaded);
+        put(&b, "# HELP vmla_sched_capacity Real-time sessions the measured step times allow (-1: unknown).\n"
+                "# TYPE vmla_sched_capacity gauge\nvmla_sched_capacity %d\n",
+            ss.capacity);
+        put(&b, "# HELP vmla_sched_step_seconds Predicted duration of one engine step by batch size.\n"
+                "# TYPE vmla_sched_step_seconds gauge\nvmla_sched_step_seconds{batch=\"1\"} %.6f\n"
+                "vmla_sched_step_seconds{batch=\"%d\"} %.6f\n",
+            sch_predict(srv.sched, 1), srv.o.max_batch, sch_predict(srv.sched, srv.o.max_batch));
+        put(&b, "# HELP vmla_sched_events_total Scheduler events.\n# TYPE vmla_sched_events_total counter\n"
+                "vmla_sched_events_total{event=\"admitted\"} %lld\nvmla_sched_events_total{event=\"offload\"} %lld\n"
+                "vmla_sched_events_total{event=\"restore\"} %lld\nvmla_sched_events_total{event=\"step\"} %lld\n"
+                "vmla_sched_events_total{event=\"deadline_miss\"} %lld\n",
+            (long long)ss.admitted, (long long)ss.offloads, (long long)ss.restores, (long long)ss.steps,
+            (long long)ss.misses);
     }
     histogram(&b, "vmla_chunk_latency_seconds", "Generation + encoding time of a chunk.", srv.m.lat_bucket,
               srv.m.lat_sum, srv.m.lat_count);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
+#include "engine/scheduler.h"
 #include "proto/proto.h"
 #include "server/encode/h264_stream.h"
 
@@ -86,8 +87,10 @@ struct srv_session {
     int jobs_pending; /* chunks handed to the encoder, not delivered yet */
     int final_sent;
     /* engine thread only */
+    sch_job job;    /* its place in the scheduler */
+    int submitted;  /* job submitted to the scheduler */
     eng_stream_t *stream;
-    double play_start;
+    double chunk_started;
     int64_t frames_generated;
     /* encoder (worker only, set at creation) */
     hs_stream_t *enc;
@@ -114,6 +117,9 @@ typedef struct {
     int gop;
     const char *device;
     double lead_chunks, drain_timeout;
+    /* scheduler and KV pool */
+    double kv_pool_mb, kv_pool_fraction, host_kv_mb, offload_after, headroom, ttff_target;
+    int calibrate;
 } srv_options;
 
 typedef struct srv_metrics {
@@ -141,6 +147,7 @@ typedef struct {
     /* engine */
     kn_backend_t *be;
     eng_engine_t *eng;
+    sch_t *sched;
     int width, height, fps, frames_per_chunk;
     pthread_t gen_thread;
     /* encoders */

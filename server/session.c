@@ -203,12 +203,18 @@ int srv_count_state(srv_state st)
 
 int srv_queue_position(const srv_session *s)
 {
+    if (s->submitted) {
+        int p = sch_queue_position(srv.sched, &s->job);
+        return p >= 0 ? p : 0;
+    }
+    /* not handed to the scheduler yet: behind everyone waiting there and earlier arrivals */
     int pos = 0;
     for (int i = 0; i < srv.n_table; i++) {
         const srv_session *o = srv.table[i];
         if (o == s)
-            return pos;
-        if (o->state == SESS_QUEUED && o->queued_at <= s->queued_at)
+            continue;
+        if (o->submitted ? sch_queue_position(srv.sched, &o->job) >= 0
+                         : o->state == SESS_QUEUED && o->queued_at <= s->queued_at)
             pos++;
     }
     return pos;
@@ -221,6 +227,7 @@ void srv_gc_sessions(void)
     for (int i = 0; i < srv.n_table;) {
         srv_session *s = srv.table[i];
         int done = (s->state == SESS_ENDED || s->state == SESS_FAILED) && !s->stream && !s->jobs_pending &&
+                   (s->job.state == SCH_NEW || s->job.state == SCH_DONE) &&
                    now - s->ended_at > srv.o.retain && !s->viewers;
         if (done) {
             srv.table[i] = srv.table[--srv.n_table];

@@ -409,7 +409,8 @@ def test_limits():
         st, b, h = s.req("GET", "/v1/sessions/" + q["id"], headers=auth)
         check(json.loads(b)["queue_position"] == 0, "queue position reported")
         st, b, h = s.req("POST", "/v1/sessions", {"prompt": "c"}, headers=auth)
-        check(st == 429 and h.get("Retry-After"), "third -> 429 with Retry-After")
+        check(st == 503 and err_code(b) == "at_capacity" and h.get("Retry-After"),
+              "third -> 503 at_capacity with Retry-After")
         w = websocket.create_connection(a["stream_url"], timeout=10)
         op, p = w.recv_data(control_frame=True)
         check(op == websocket.ABNF.OPCODE_CLOSE or b"unauthorized" in p, "stream without the key is refused")
@@ -424,6 +425,88 @@ def test_limits():
     finally:
         rc = s.stop()
     check(rc == 0, "limits server exits 0 on SIGTERM")
+
+
+def gray_frames(data, suffix=".h264"):
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
+        f.write(data)
+        name = f.name
+    try:
+        return subprocess.run(["ffmpeg", "-v", "error", "-i", name, "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+                              capture_output=True, timeout=60).stdout
+    finally:
+        os.unlink(name)
+
+
+def metric(s, name):
+    st, b, _ = s.get("/metrics")
+    for line in b.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_offload():
+    """One slot. A paused session's KV goes to the host tier, another session takes the slot, the
+    first resumes once it is free and its video is the one it would have been without the pause."""
+    s = Server("--max-sessions", "1", "--max-queue", "4", "--host-kv-mb", "1", "--offload-after", "0.3",
+               "--idle-timeout", "60")
+    try:
+        st, a, _ = create(s, prompt="a red square moving left", seed=3, seconds=4)
+        ws = websocket.create_connection(a["stream_url"], timeout=30)
+        ws.settimeout(0.2)
+        media, events, data, phase, t_pause, b_result = [], [], bytearray(), "run", 0, None
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            try:
+                op, p = ws.recv_data(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                op, p = None, None
+            except websocket.WebSocketConnectionClosedException:
+                break
+            if op == websocket.ABNF.OPCODE_CLOSE:
+                break
+            if op == websocket.ABNF.OPCODE_TEXT:
+                events.append(json.loads(p.decode()))
+            elif op == websocket.ABNF.OPCODE_BINARY:
+                m = parse_media(p)
+                media.append(m)
+                data += m["payload"]
+            if phase == "run" and len(media) >= 2:
+                ws.send('{"type":"pause"}')
+                phase, t_pause = "paused", time.time()
+            elif phase == "paused" and (metric(s, 'vmla_sched_events_total{event="offload"}') or 0) >= 1:
+                st, j = s.get("/v1/sessions/" + a["id"])[:2]
+                check(json.loads(j)["kv_bytes"] == 0, "offloaded: the session holds no device KV")
+                # the slot is free: a second session starts and runs to its end
+                st, b, _ = create(s, prompt="a blue circle moving up", seed=4, seconds=1)
+                check(st == 201, "a second session while the first is on the host")
+                b_result = watch(b["stream_url"], timeout=30)
+                ws.send('{"type":"resume"}')
+                phase = "resumed"
+            elif phase == "paused" and time.time() - t_pause > 10:
+                break
+            if events and events[-1]["type"] == "ended":
+                break
+        ws.close()
+        check(phase == "resumed", "the paused session was offloaded (phase %s)" % phase)
+        check(b_result and sum(m["n"] for m in b_result[1]) == 16 and b_result[0][-1]["type"] == "ended",
+              "the second session got all its 16 frames")
+        frames = sum(m["n"] for m in media)
+        chunks = [m["chunk"] for m in media]
+        check(frames == 64 and chunks == sorted(set(chunks)) and events[-1]["type"] == "ended",
+              "the first got all 64 frames, chunks in order, no repeats (%d frames, chunks %s)" % (frames, chunks))
+        check((metric(s, 'vmla_sched_events_total{event="restore"}') or 0) >= 1, "restored from the host tier")
+        # the same session without a pause: the same video
+        st, c, _ = create(s, prompt="a red square moving left", seed=3, seconds=4)
+        ref = watch(c["stream_url"], timeout=30)
+        g1, g2 = gray_frames(bytes(data)), gray_frames(ref[2])
+        diff = (sum(abs(x - y) for x, y in zip(g1, g2)) / max(1, len(g1))) if g1 and len(g1) == len(g2) else 1e9
+        check(diff < 2.0, "offloaded and restored: the same video as without a pause (mean |diff| %.2f of 255, "
+              "%d vs %d bytes)" % (diff, len(g1), len(g2)))
+    finally:
+        rc = s.stop()
+    check(rc == 0, "server exit 0")
 
 
 def test_shutdown(s):
@@ -471,6 +554,7 @@ def main():
     test_shutdown(s)
     if not QUICK:
         test_limits()
+    test_offload()
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 
