@@ -75,8 +75,17 @@ VOCAB_STRING = " ".join(VOCAB)
 WORD_ID = {w: k + 2 for k, w in enumerate(VOCAB)}
 UNK, PAD = 1, 0
 
-SIZE_RANGE = (9.0, 15.0)      # half-size of the shape in pixels
-SPEED_RANGE = (0.8, 2.2)      # pixels per video frame
+SIZE_RANGE = (9.0, 15.0)      # half-size of the shape in pixels (recipe v1)
+SPEED_RANGE = (0.8, 2.2)      # pixels per video frame (recipe v1)
+# Data recipes (models/README.md, "Data"): v1 = the ranges above with a uniform start (the GPU
+# pre-training of the first models); v2 = larger objects, a narrow speed range and a start at the
+# frame's centre, so that the first chunk of a prompt is nearly one video (a few-step sampler of an
+# MSE-trained model draws the mean of what the prompt allows: a narrow distribution makes the mean
+# a sharp object of the right shape instead of a faint smear).
+RECIPES = {
+    "v1": {"size": SIZE_RANGE, "speed": SPEED_RANGE, "start": None},
+    "v2": {"size": (12.0, 14.0), "speed": (1.3, 1.7), "start": 2.0},
+}
 HELDOUT_FRACTION = 0.12
 HELDOUT_SEED = 20261201
 # Prompts that must stay in training (the demo prompt and the parity golden's prompt).
@@ -184,21 +193,23 @@ def parse_prompt(text):
 # Video parameters
 
 
-def sample_params(rng, n, combos=None, template=None, start=None):
+def sample_params(rng, n, combos=None, template=None, start=None, size_range=SIZE_RANGE,
+                  speed_range=SPEED_RANGE):
     """n random videos: dict of numpy arrays (length n) and the list of captions.
 
     colour/shape/direction/background indices, half-size `size`, `speed` (px/frame), start
     position (x0, y0) (pixel coordinates of the centre, 0..96), and token ids [n, TEXT_LEN].
     start: None (uniform over the frame) or a jitter J: the start is the frame's centre
-    +- U(-J, J) pixels (the fine-tuning data, see models/README.md)."""
+    +- U(-J, J) pixels (the fine-tuning data, see models/README.md); size_range, speed_range:
+    the half-size and speed ranges (RECIPES)."""
     combos = combos if combos is not None else train_combos()
     pick = rng.integers(len(combos), size=n)
     col = np.array([COLOUR_NAMES.index(combos[i][0]) for i in pick])
     shp = np.array([SHAPES.index(combos[i][1]) for i in pick])
     drc = np.array([DIRECTIONS.index(combos[i][2]) for i in pick])
     bgi = np.array([COLOUR_NAMES.index(combos[i][3]) for i in pick])
-    size = rng.uniform(*SIZE_RANGE, size=n)
-    speed = rng.uniform(*SPEED_RANGE, size=n)
+    size = rng.uniform(*size_range, size=n)
+    speed = rng.uniform(*speed_range, size=n)
     lo = size + 1.0
     hi = SIZE - size - 1.0
     x0 = lo + (hi - lo) * rng.random(n)

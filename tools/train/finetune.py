@@ -27,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 
+import data as D          # noqa: E402
 import export as E        # noqa: E402
 import train_dit as T     # noqa: E402
 import vae as V           # noqa: E402
@@ -45,6 +46,10 @@ def main():
     ap.add_argument("--batch-k2", type=int, default=3)
     ap.add_argument("--every-k2", type=int, default=3)
     ap.add_argument("--jitter", type=float, default=2.0)
+    ap.add_argument("--data", choices=sorted(D.RECIPES), default="v1",
+                    help="size and speed ranges of data.RECIPES (the start is always centre +- jitter)")
+    ap.add_argument("--self-ctx", type=float, default=0.0,
+                    help="fraction of the chunks 0+1 sequences on self-reconstructed context")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ema", type=float, default=0.99)
     ap.add_argument("--seed", type=int, default=7)
@@ -79,10 +84,13 @@ def main():
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"]); step = ck["step"]
         rng.bit_generator.state = ck["rng"]; torch.set_rng_state(ck["torch_rng"])
+    rec = D.RECIPES[a.data]
     b1 = T.Batcher(enc, dec.latent_mean, dec.latent_std, dev, K=1, p_first=1.0, ctx_noise=0.0,
-                   amp=False, start=a.jitter, compact=True)
+                   amp=False, start=a.jitter, compact=True, size_range=rec["size"],
+                   speed_range=rec["speed"])
     b2 = T.Batcher(enc, dec.latent_mean, dec.latent_std, dev, K=2, p_first=1.0, ctx_noise=0.1,
-                   amp=False, start=a.jitter, compact=True)
+                   amp=False, start=a.jitter, compact=True, size_range=rec["size"],
+                   speed_range=rec["speed"])
     log = open(os.path.join(a.out, "log.txt"), "a")
 
     def say(msg):
@@ -96,8 +104,8 @@ def main():
         T.save_ckpt(ck_path, model, ema, opt, step, a.steps, rng, {"avg": avg})
         if a.export:
             E.export(ema.state_dict(), dec.state_dict(), a.layout, a.export,
-                     training="%s; then CPU fine-tune on centre-start first chunks, step %d"
-                     % (E.TRAINING_NOTE, step))
+                     training="%s; then CPU fine-tune on centre-start first chunks (data %s, "
+                     "self-ctx %g), step %d" % (E.TRAINING_NOTE, a.data, a.self_ctx, step))
     while True:
         if a.steps and step >= a.steps:
             break
@@ -108,6 +116,8 @@ def main():
             g["lr"] = lr
         k2 = a.every_k2 and step % a.every_k2 == a.every_k2 - 1
         b = (b2 if k2 else b1)(rng, a.batch_k2 if k2 else a.batch)
+        if k2 and a.self_ctx > 0:
+            b = T.self_context(model, b, rng, a.self_ctx, False)
         loss, err = T.loss_fn(model, b, False)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -61,7 +61,8 @@ class Batcher:
     """Builds training batches on the device: render -> encode -> normalise -> noise."""
 
     def __init__(self, enc, mean, std, device, K=3, p_first=0.3, max_chunk=85, ctx_noise=0.1,
-                 amp=True, start=None, compact=False):
+                 amp=True, start=None, compact=False, size_range=D.SIZE_RANGE,
+                 speed_range=D.SPEED_RANGE):
         self.enc, self.device, self.K = enc, device, K
         self.mean = mean.view(1, -1, 1, 1).to(device)
         self.std = std.view(1, -1, 1, 1).to(device)
@@ -71,10 +72,12 @@ class Batcher:
         self.combos = D.train_combos()
         self.start = start            # data.sample_params(start=...): None = uniform start
         self.compact = compact        # drop invalid slots (all sequences must share one n0)
+        self.size_range, self.speed_range = size_range, speed_range
 
     def __call__(self, rng, B):
         dev = self.device
-        p, _ = D.sample_params(rng, B, combos=self.combos, start=self.start)
+        p, _ = D.sample_params(rng, B, combos=self.combos, start=self.start,
+                               size_range=self.size_range, speed_range=self.speed_range)
         n0 = np.where(rng.random(B) < self.p_first, 0, rng.integers(1, self.max_chunk + 1, size=B))
         lay = M.layouts_batch(n0, self.K)
         if self.compact:
@@ -111,9 +114,41 @@ class Batcher:
         target = eps - z
         t = sig * 1000.0
         w = (noisy & valid).float()                                          # loss weight per slot
-        return {"lat": lat, "t": t, "frame": frames, "mask": torch.as_tensor(lay["mask"], device=dev),
+        return {"lat": lat, "z": z, "t": t, "frame": frames, "mask": torch.as_tensor(lay["mask"], device=dev),
                 "ids": torch.as_tensor(p["tokens"], device=dev), "target": target, "w": w,
                 "sig": sig, "first": torch.as_tensor(n0 == 0, device=dev)}
+
+
+def self_context(model, b, rng, frac, amp, lo=0.35, hi=0.75):
+    """Replace the clean context slots of a fraction `frac` of the sequences by the model's own
+    one-step reconstruction of them (no gradient): each clean slot is noised to a sigma' drawn
+    from U(lo, hi) (one per sequence; t = 1000 sigma'), the model predicts v with the sequence's
+    mask, and x0 = x - sigma' v replaces the slot. The noisy chunks' targets stay the ground truth,
+    so the model learns to continue a video from context that carries its own kind of errors
+    (blur, faded or misplaced objects) and to pull it back to the prompt's video: a cheap stand-in
+    for training on its own rollouts (models/README.md)."""
+    B = b["lat"].shape[0]
+    pick = rng.random(B) < frac
+    if not pick.any():
+        return b
+    dev = b["lat"].device
+    sel = torch.as_tensor(pick, device=dev)
+    clean = (b["t"] == 0) & (b["w"] == 0)                          # [B, S] context slots
+    sc = torch.as_tensor(rng.uniform(lo, hi, size=B), device=dev, dtype=torch.float32)[:, None]
+    z = b["z"]
+    s5 = sc[:, None, :, None, None]
+    c5 = clean[:, None, :, None, None]
+    x = torch.where(c5, (1.0 - s5) * z + s5 * torch.randn(z.shape, device=dev), b["lat"])
+    t = torch.where(clean, sc * 1000.0, b["t"])
+    with torch.no_grad():
+        with autocast(amp):
+            v = model(x, t, b["frame"], b["mask"], b["ids"])
+        x0 = x - s5 * v.float()
+    use = (clean & sel[:, None])[:, None, :, None, None]
+    b = dict(b)
+    b["lat"] = torch.where(use, x0, b["lat"])
+    b["selfctx"] = sel
+    return b
 
 
 def loss_fn(model, b, amp):
@@ -159,7 +194,14 @@ def main():
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--export", default="", help="write the EMA model here (bf16) at every save")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default="", help="start from this exported .safetensors (DiT weights)")
+    ap.add_argument("--data", choices=sorted(D.RECIPES), default="v1", help="data recipe (data.RECIPES)")
+    ap.add_argument("--self-ctx", type=float, default=0.0,
+                    help="fraction of sequences trained on self-reconstructed context (self_context)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if not a.steps and not a.seconds:
         ap.error("give --steps or --seconds")
     dev = torch.device(a.device)
@@ -175,6 +217,11 @@ def main():
     for q in enc.parameters():
         q.requires_grad_(False)
     cfg, model = build(a.layout, dev)
+    if a.init:
+        import export as E
+        w, _ = E.read_safetensors(a.init)
+        model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in w.items()
+                               if not k.startswith("decoder.")})
     _, ema = build(a.layout, dev)
     ema.load_state_dict(model.state_dict())
     for q in ema.parameters():
@@ -202,8 +249,10 @@ def main():
             torch.cuda.set_rng_state(ck["cuda_rng"])
         print("resumed %s at step %d of %d" % (a.layout, step, steps), flush=True)
     nparam = sum(q.numel() for q in model.parameters())
+    rec = D.RECIPES[a.data]
     batcher = Batcher(enc, dec.latent_mean, dec.latent_std, dev, p_first=a.p_first,
-                      max_chunk=a.max_chunk, ctx_noise=a.ctx_noise, amp=amp)
+                      max_chunk=a.max_chunk, ctx_noise=a.ctx_noise, amp=amp, start=rec["start"],
+                      size_range=rec["size"], speed_range=rec["speed"])
     log = open(log_path, "a")
 
     def say(msg):
@@ -224,7 +273,9 @@ def main():
         if a.export:
             import export as E
             E.export(ema.state_dict(), dec.state_dict(), a.layout, a.export,
-                     training="%s; step %d of %d" % (E.TRAINING_NOTE, step, steps))
+                     training="%s; step %d of %d (data %s, self-ctx %g%s)" % (
+                         E.TRAINING_NOTE, step, steps, a.data, a.self_ctx,
+                         ", from " + os.path.basename(a.init) if a.init else ""))
     while True:
         if steps and step >= steps:
             break
@@ -248,6 +299,8 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         b = batcher(rng, a.batch)
+        if a.self_ctx > 0:
+            b = self_context(model, b, rng, a.self_ctx, amp)
         loss, err = loss_fn(model, b, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
