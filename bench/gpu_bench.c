@@ -43,6 +43,7 @@ int kn_cuda_attention_select(kn_backend_t *be, const char *name);
 void kn_cuda_cudnn_info(const kn_backend_t *be, char *buf, size_t n);
 int kn_cuda_profile_on(kn_backend_t *be, int on);
 int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]);
+int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count);
 
 static double now_s(void)
 {
@@ -82,8 +83,8 @@ typedef struct {
     int ok;
 } result;
 
-static result run_preset(kn_backend_t *be, const char *preset, int warmup, int chunks, const char *const *variants,
-                         int n_variants)
+static result run_preset(kn_backend_t *be, const char *preset, int window, int warmup, int chunks,
+                         const char *const *variants, int n_variants)
 {
     result r;
     memset(&r, 0, sizeof r);
@@ -99,7 +100,7 @@ static result run_preset(kn_backend_t *be, const char *preset, int warmup, int c
     o.weight_seed = 1;
     o.latent_h = 60;
     o.latent_w = 104;
-    o.window = 6;
+    o.window = window;
     o.sink = 1;
     o.kv_dtype = KN_BF16;
     size_t base = dev_used();
@@ -115,8 +116,8 @@ static result run_preset(kn_backend_t *be, const char *preset, int warmup, int c
         eng_close(e);
         return r;
     }
-    printf("%s: opened in %.1f s (%lld params, %dx%d video, %d frames a chunk, attention %s)\n", preset,
-           now_s() - t0, (long long)eng_weight_params(e), eng_video_width(e), eng_video_height(e),
+    printf("%s: window %d + sink 1, opened in %.1f s (%lld params, %dx%d video, %d frames a chunk, attention %s)\n",
+           preset, window, now_s() - t0, (long long)eng_weight_params(e), eng_video_width(e), eng_video_height(e),
            eng_frames_per_chunk(e), kn_cuda_attention_variant(be));
     double *lat = calloc((size_t)chunks, sizeof(double));
     int ok = 1;
@@ -186,6 +187,14 @@ static result run_preset(kn_backend_t *be, const char *preset, int warmup, int c
                    preset, variants[0], np_, w, ms[0] / np_, cnt[0] / np_, ms[1] / np_, cnt[1] / np_, ms[2] / np_,
                    cnt[2] / np_, ms[3] / np_, cnt[3] / np_, busy / np_, 100.0 * busy / np_ / w,
                    100.0 * (1.0 - busy / np_ / w));
+            const char *on;
+            double oms;
+            long oc;
+            printf("  per op (ms a chunk, calls):");
+            for (int i = 0; kn_cuda_profile_op(be, i, &on, &oms, &oc); i++)
+                if (oc)
+                    printf(" %s %.1f (%ld)", on, oms / np_, oc / np_);
+            printf("\n");
         }
         kn_cuda_profile_on(be, 0);
     }
@@ -397,6 +406,8 @@ static void attn_drop(kn_backend_t *be, attn_bufs *a)
 }
 
 /* Seconds a call of attention: first call untimed (plans), then median of 3 x reps calls. */
+static double last_enqueue; /* host seconds a call took to enqueue, in the last time_attention */
+
 static double time_attention(kn_backend_t *be, attn_bufs *a, int H, int reps)
 {
     float scale = 1.0f / sqrtf((float)a->kv.dk);
@@ -404,7 +415,7 @@ static double time_attention(kn_backend_t *be, attn_bufs *a, int H, int reps)
         fprintf(stderr, "vmla-bench-gpu: attention: %s\n", kn_backend_error(be));
         return INFINITY;
     }
-    double t[3];
+    double t[3], q[3];
     for (int r = 0; r < 3; r++) {
         double t0 = now_s();
         for (int i = 0; i < reps; i++)
@@ -412,16 +423,19 @@ static double time_attention(kn_backend_t *be, attn_bufs *a, int H, int reps)
                 fprintf(stderr, "vmla-bench-gpu: attention: %s\n", kn_backend_error(be));
                 return INFINITY;
             }
+        q[r] = (now_s() - t0) / reps;
         if (kn_sync(be) != KN_OK)
             return INFINITY;
         t[r] = (now_s() - t0) / reps;
     }
     qsort(t, 3, sizeof(double), cmpd);
+    qsort(q, 3, sizeof(double), cmpd);
+    last_enqueue = q[1];
     return t[1];
 }
 
-static const char *const ATTN_VARIANTS[] = {"tc", "cudnn", "cudnn-paged", "cudnn+composite"};
-#define N_ATTN_VARIANTS 4
+static const char *const ATTN_VARIANTS[] = {"tc", "cudnn", "cudnn-paged", "cudnn+composite", "cudnn-nopackcache"};
+#define N_ATTN_VARIANTS 5
 
 static int select_variant(kn_backend_t *be, const char *v)
 {
@@ -430,6 +444,10 @@ static int select_variant(kn_backend_t *be, const char *v)
         setenv("VMLA_CUDNN_SDPA", "composite", 1);
         ok = kn_cuda_attention_select(be, "cudnn");
         unsetenv("VMLA_CUDNN_SDPA");
+    } else if (!strcmp(v, "cudnn-nopackcache")) {
+        setenv("VMLA_CUDNN_PACK_CACHE", "0", 1);
+        ok = kn_cuda_attention_select(be, "cudnn");
+        unsetenv("VMLA_CUDNN_PACK_CACHE");
     } else {
         ok = kn_cuda_attention_select(be, v);
     }
@@ -444,17 +462,24 @@ static void attention_rates(kn_backend_t *be)
         int frames; /* sink + window */
         int kvh, dk, dv, latent, paged;
     } cs[] = {
-        {"MHA 12x128", 7, 12, 128, 128, 0, 1},      {"MLA-abs 1x224/160", 7, 1, 224, 160, 1, 1},
-        {"MLA-reb 12x192/128", 7, 12, 192, 128, 0, 0}, {"MHA 12x128", 22, 12, 128, 128, 0, 1},
-        {"MLA-abs 1x224/160", 22, 1, 224, 160, 1, 1}, {"MLA-reb 12x192/128", 22, 12, 192, 128, 0, 0},
+        {"MHA 12x128", 7, 12, 128, 128, 0, 1},
+        {"MHA 12x128 contig", 7, 12, 128, 128, 0, 0},
+        {"MLA-abs 1x224/160", 7, 1, 224, 160, 1, 1},
+        {"MLA-abs contig", 7, 1, 224, 160, 1, 0},
+        {"MLA-reb 12x192/128", 7, 12, 192, 128, 0, 0},
+        {"cross 12x128", 0, 12, 128, 128, 0, 0}, /* 512 text tokens */
+        {"MHA 12x128", 22, 12, 128, 128, 0, 1},
+        {"MLA-abs 1x224/160", 22, 1, 224, 160, 1, 1},
+        {"MLA-reb 12x192/128", 22, 12, 192, 128, 0, 0},
     };
     printf("\nattention, bf16, %lld queries, keys paged by frame of %lld tokens (MLA-reb: contiguous), per call "
            "(x30 layers x5 passes = a chunk)\n",
            (long long)NQ, (long long)PT);
-    printf("%-20s %6s %-16s %-26s %9s %8s %10s\n", "case", "keys", "variant", "path", "ms", "TF/s", "ms/chunk");
+    printf("%-20s %6s %-18s %-24s %9s %8s %10s %11s\n", "case", "keys", "variant", "path", "ms", "TF/s", "ms/chunk",
+           "enqueue us");
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         attn_bufs a;
-        int64_t nk = (int64_t)cs[c].frames * PT;
+        int64_t nk = cs[c].frames ? (int64_t)cs[c].frames * PT : 512;
         if (attn_make(be, &a, nk, H, cs[c].kvh, cs[c].dk, cs[c].dv, cs[c].latent, cs[c].paged)) {
             fprintf(stderr, "vmla-bench-gpu: attention buffers: %s\n", kn_backend_error(be));
             attn_drop(be, &a);
@@ -468,16 +493,17 @@ static void attention_rates(kn_backend_t *be)
                 printf("%-20s %6lld %-16s not available here\n", cs[c].name, (long long)nk, ATTN_VARIANTS[v]);
                 continue;
             }
-            double t = time_attention(be, &a, H, 8);
-            printf("%-20s %6lld %-16s %-26s %9.3f %8.1f %10.1f\n", cs[c].name, (long long)nk, ATTN_VARIANTS[v],
-                   kn_cuda_attention_last(be), t * 1e3, flop / t / 1e12, t * 150e3);
+            double t = time_attention(be, &a, H, cs[c].frames ? 8 : 40);
+            printf("%-20s %6lld %-18s %-24s %9.3f %8.1f %10.1f %11.1f\n", cs[c].name, (long long)nk, ATTN_VARIANTS[v],
+                   kn_cuda_attention_last(be), t * 1e3, flop / t / 1e12, t * 150e3, last_enqueue * 1e6);
+            if (!strcmp(ATTN_VARIANTS[v], "cudnn")) {
+                char info[512];
+                kn_cuda_cudnn_info(be, info, sizeof info);
+                printf("%-20s %6s   %s\n", "", "", info);
+            }
         }
         attn_drop(be, &a);
     }
-    char info[512];
-    select_variant(be, "cudnn");
-    kn_cuda_cudnn_info(be, info, sizeof info);
-    printf("%s\n", info);
 }
 
 /* The two MLA chains per layer call (see above), on the current variant of be. */
@@ -579,7 +605,8 @@ out:
 int main(int argc, char **argv)
 {
     int chunks = 6, warmup = 1, gemm = 1, micro_only = 0, np = 0;
-    const char *attn_list = "cudnn,cudnn-paged,tc";
+    const char *attn_list = "cudnn,tc";
+    const char *win_list = "6";
     const char *presets[8];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--chunks") && i + 1 < argc)
@@ -594,8 +621,11 @@ int main(int argc, char **argv)
             micro_only = 1;
         else if (!strcmp(argv[i], "--attn") && i + 1 < argc)
             attn_list = argv[++i];
+        else if (!strcmp(argv[i], "--windows") && i + 1 < argc)
+            win_list = argv[++i];
         else {
-            fprintf(stderr, "usage: vmla-bench-gpu [--chunks N] [--warmup W] [--preset P]... [--attn V,V..] [--no-gemm | --micro]\n");
+            fprintf(stderr, "usage: vmla-bench-gpu [--chunks N] [--warmup W] [--preset P]... [--attn V,V..] [--windows W,W..] "
+                            "[--no-gemm | --micro]\n");
             return 2;
         }
     }
@@ -629,13 +659,19 @@ int main(int argc, char **argv)
     snprintf(vbuf, sizeof vbuf, "%s", attn_list);
     for (char *t = strtok(vbuf, ","); t && nv < 8; t = strtok(NULL, ","))
         variants[nv++] = t;
-    result r[8];
-    for (int i = 0; i < np; i++)
-        r[i] = run_preset(be, presets[i], warmup, chunks, variants, nv);
-    if (np == 2 && r[0].ok && r[1].ok)
-        printf("\nratio %s / %s [attention %s]: latency %.3f, KV a stream %.3f, device memory %.3f\n", presets[1],
-               presets[0], variants[0], r[1].median / r[0].median, (double)r[1].kv_stream / (double)r[0].kv_stream,
-               (double)r[1].mem / (double)r[0].mem);
+    char wbuf[64];
+    snprintf(wbuf, sizeof wbuf, "%s", win_list);
+    int first_window = 1;
+    for (char *w = strtok(wbuf, ","); w && np > 0; w = strtok(NULL, ","), first_window = 0) {
+        int window = atoi(w);
+        result r[8];
+        for (int i = 0; i < np; i++) /* the other variants at the first window only */
+            r[i] = run_preset(be, presets[i], window, warmup, chunks, variants, first_window ? nv : 1);
+        if (np == 2 && r[0].ok && r[1].ok)
+            printf("\nwindow %d: ratio %s / %s [attention %s]: latency %.3f, KV a stream %.3f, device memory %.3f\n\n",
+                   window, presets[1], presets[0], variants[0], r[1].median / r[0].median,
+                   (double)r[1].kv_stream / (double)r[0].kv_stream, (double)r[1].mem / (double)r[0].mem);
+    }
     if (gemm) {
         /* for comparison: the bias by broadcast (no cublasLt) */
         kn_backend_t *nolt = NULL;

@@ -69,7 +69,8 @@ enum { FORM_UNIFIED = 1, FORM_COMPOSITE = 2 };
 enum { MODE_GATHER = 1, MODE_PAGED = 2 };
 
 #define CACHE_N 64
-#define MAXDESC 40
+#define MAXDESC 64
+#define PACKS 32 /* variant packs kept per plan (one per set of pointers: layers, streams) */
 
 /* The shape of one call: everything a plan depends on (pointers and the scale are not). */
 typedef struct {
@@ -88,6 +89,12 @@ typedef struct {
     cudnnBackendDescriptor_t desc[MAXDESC]; /* everything the plan was built from */
     int ndesc;
     int64_t ws;
+    float sc; /* the scale, read by value from here by the packs below */
+    struct {
+        void *ptrs[10]; /* the 9 data pointers and the workspace */
+        cudnnBackendDescriptor_t vp;
+    } pack[PACKS];
+    int npack, next_pack;
 } dnn_entry;
 
 struct cu_dnn {
@@ -96,6 +103,7 @@ struct cu_dnn {
     size_t version;
     int mode;       /* MODE_GATHER or MODE_PAGED */
     int form_want;  /* 0: unified then composite; else that form only */
+    int pack_cache; /* reuse variant packs (VMLA_CUDNN_PACK_CACHE=0: a new one every call) */
     dnn_entry cache[CACHE_N];
     uint64_t clock;
     void *ws;
@@ -432,6 +440,8 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
 
 static void entry_free(struct cu_dnn *d, dnn_entry *e)
 {
+    for (int i = 0; i < e->npack; i++)
+        d->api.bDestroy(e->pack[i].vp);
     if (e->plan)
         d->api.bDestroy(e->plan);
     for (int i = e->ndesc - 1; i >= 0; i--)
@@ -630,24 +640,46 @@ kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const k
     void *ws = NULL;
     if (e->ws > 0 && !(ws = grow(be, &d->ws, &d->ws_bytes, (size_t)e->ws, "cudnn: workspace", &st)))
         return st;
+    /* the variant pack: the pointers of this call. A pack is kept per plan and set of pointers
+     * (the same scratch, q and out views recur every layer), so the hot path is usually one
+     * lookup and cudnnBackendExecute. The scale lives in the entry: cuDNN reads it by value. */
+    e->sc = scale;
+    void *ptrs[10] = {(char *)q.buf->ptr + q.off, (void *)kp, (void *)vp, (char *)out.buf->ptr + out.off, &e->sc,
+                      (void *)dpt, (void *)dpt, (void *)dseq, (void *)(dseq ? dseq + 4 : NULL), ws};
     int64_t uids[9] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_PTK, UID_PTV, UID_SEQQ, UID_SEQKV};
-    alignas(16) float sc = scale; /* by value: cuDNN reads it from host memory */
-    void *ptrs[9] = {(char *)q.buf->ptr + q.off, (void *)kp, (void *)vp, (char *)out.buf->ptr + out.off, &sc,
-                     (void *)dpt, (void *)dpt, (void *)dseq, (void *)(dseq ? dseq + 4 : NULL)};
     int64_t nu = paged ? 9 : 5;
     cudnnBackendDescriptor_t vp_ = NULL;
-    cudnnStatus_t s = d->api.bCreate(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp_);
-    if (s == CUDNN_STATUS_SUCCESS)
-        s = d->api.bSet(vp_, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, nu, uids);
-    if (s == CUDNN_STATUS_SUCCESS)
-        s = d->api.bSet(vp_, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, nu, ptrs);
-    if (s == CUDNN_STATUS_SUCCESS)
-        s = d->api.bSet(vp_, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
-    if (s == CUDNN_STATUS_SUCCESS)
-        s = d->api.bFinalize(vp_);
+    cudnnStatus_t s = CUDNN_STATUS_SUCCESS;
+    int slot = -1;
+    if (d->pack_cache)
+        for (int i = 0; i < e->npack; i++)
+            if (!memcmp(e->pack[i].ptrs, ptrs, sizeof ptrs)) {
+                vp_ = e->pack[i].vp;
+                slot = i;
+                break;
+            }
+    if (!vp_) {
+        s = d->api.bCreate(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp_);
+        if (s == CUDNN_STATUS_SUCCESS)
+            s = d->api.bSet(vp_, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, nu, uids);
+        if (s == CUDNN_STATUS_SUCCESS)
+            s = d->api.bSet(vp_, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, nu, ptrs);
+        if (s == CUDNN_STATUS_SUCCESS)
+            s = d->api.bSet(vp_, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
+        if (s == CUDNN_STATUS_SUCCESS)
+            s = d->api.bFinalize(vp_);
+        if (s == CUDNN_STATUS_SUCCESS && d->pack_cache && !paged) { /* paged: the ring moves every call */
+            slot = e->npack < PACKS ? e->npack++ : e->next_pack;
+            if (slot == e->next_pack && e->npack == PACKS && e->pack[slot].vp)
+                d->api.bDestroy(e->pack[slot].vp);
+            e->next_pack = (slot + 1) % PACKS;
+            memcpy(e->pack[slot].ptrs, ptrs, sizeof ptrs);
+            e->pack[slot].vp = vp_;
+        }
+    }
     if (s == CUDNN_STATUS_SUCCESS)
         s = d->api.bExecute(d->h, e->plan, vp_);
-    if (vp_)
+    if (vp_ && slot < 0)
         d->api.bDestroy(vp_);
     if (s != CUDNN_STATUS_SUCCESS) {
         char msg[160] = "";
@@ -733,6 +765,8 @@ int cu_dnn_open(kn_backend_t *be, int paged, char *why, size_t n)
     d->mode = paged ? MODE_PAGED : MODE_GATHER;
     const char *f = getenv("VMLA_CUDNN_SDPA");
     d->form_want = f && !strcmp(f, "unified") ? FORM_UNIFIED : f && !strcmp(f, "composite") ? FORM_COMPOSITE : 0;
+    const char *pc = getenv("VMLA_CUDNN_PACK_CACHE");
+    d->pack_cache = !(pc && !strcmp(pc, "0"));
     c->dnn = d;
     return 1;
 }

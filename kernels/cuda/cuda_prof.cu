@@ -20,14 +20,30 @@
 
 enum { PC_GEMM = 0, PC_ATTN, PC_OTHER, PC_COPY, PC_N };
 
+/* ops by id: the class of each and its name (for the per-op table) */
+#define OPS(X)                                                                                          \
+    X(upload, PC_COPY, 0) X(download, PC_COPY, 1) X(buffer_copy, PC_COPY, 0) X(linear, PC_GEMM, 0)      \
+    X(matmul_heads, PC_GEMM, 0) X(layernorm, PC_OTHER, 0) X(rmsnorm, PC_OTHER, 0)                       \
+    X(modulate, PC_OTHER, 0) X(gate_add, PC_OTHER, 0) X(axpby, PC_OTHER, 0) X(gelu_tanh, PC_OTHER, 0)   \
+    X(silu, PC_OTHER, 0) X(clamp, PC_OTHER, 0) X(row_affine, PC_OTHER, 0) X(copy, PC_OTHER, 0)          \
+    X(rope3d, PC_OTHER, 0) X(timestep_embed, PC_OTHER, 0) X(attention, PC_ATTN, 0)                      \
+    X(kv_store, PC_OTHER, 0) X(patchify, PC_OTHER, 0) X(unpatchify, PC_OTHER, 0)                        \
+    X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0)
+#define OP_ID(f, c, h) OP_##f,
+enum { OPS(OP_ID) OP_N };
+#define OP_CLS(f, c, h) c,
+static const int op_cls[OP_N] = {OPS(OP_CLS)};
+#define OP_NAME(f, c, h) #f,
+static const char *const op_name[OP_N] = {OPS(OP_NAME)};
+
 struct cu_prof {
     kn_backend_ops orig; /* the table before wrapping */
     int on;
     cudaEvent_t ev[2 * PROF_PAIRS];
-    unsigned char cls[PROF_PAIRS];
+    unsigned char cls[PROF_PAIRS]; /* the op id of each pair */
     int n;          /* pairs recorded, not yet read */
-    double ms[PC_N];
-    long count[PC_N];
+    double ms[OP_N];
+    long count[OP_N];
 };
 
 /* Read the recorded pairs (they must be complete: the stream was synchronised). */
@@ -37,7 +53,7 @@ static void harvest(struct cu_prof *p)
         float ms = 0;
         if (cudaEventElapsedTime(&ms, p->ev[2 * i], p->ev[2 * i + 1]) == cudaSuccess) {
             p->ms[p->cls[i]] += ms;
-            p->count[p->cls[i]]++;
+            p->count[p->cls[i]]++; /* cls holds the op id */
         }
     }
     cudaGetLastError();
@@ -59,11 +75,11 @@ static void end(kn_backend_t *be, struct cu_prof *p, int cls)
     p->cls[p->n++] = (unsigned char)cls;
 }
 
-/* A wrapper per op: F is the op's field in kn_backend_ops, CLS its class. pw_sig deduces the op's
+/* A wrapper per op: F is the op's field in kn_backend_ops, OP its id. pw_sig deduces the op's
  * argument list from the field's type. */
 template <typename T> struct pw_sig;
 template <typename... A> struct pw_sig<kn_status (*kn_backend_ops::*)(kn_backend_t *, A...)> {
-    template <kn_status (*kn_backend_ops::*F)(kn_backend_t *, A...), int CLS, int HARVEST>
+    template <kn_status (*kn_backend_ops::*F)(kn_backend_t *, A...), int OP, int HARVEST>
     static kn_status call(kn_backend_t *be, A... a)
     {
         struct cu_prof *p = cu_of(be)->prof;
@@ -71,14 +87,14 @@ template <typename... A> struct pw_sig<kn_status (*kn_backend_ops::*)(kn_backend
             return (p->orig.*F)(be, a...);
         begin(be, p);
         kn_status s = (p->orig.*F)(be, a...);
-        end(be, p, CLS);
+        end(be, p, OP);
         if (HARVEST && s == KN_OK)
             harvest(p); /* the op waited for the stream: every pair is complete */
         return s;
     }
 };
-#define PW(field, cls, harvest_after) \
-    pw_sig<decltype(&kn_backend_ops::field)>::template call<&kn_backend_ops::field, cls, harvest_after>
+#define PW(field, harvest_after) \
+    pw_sig<decltype(&kn_backend_ops::field)>::template call<&kn_backend_ops::field, OP_##field, harvest_after>
 
 static kn_status prof_sync(kn_backend_t *be)
 {
@@ -106,31 +122,31 @@ int cu_prof_install(kn_backend_t *be)
     p->orig = c->ops;
     c->prof = p;
     kn_backend_ops *o = &c->ops;
-    o->upload = PW(upload, PC_COPY, 0);
-    o->download = PW(download, PC_COPY, 1);
+    o->upload = PW(upload, 0);
+    o->download = PW(download, 1);
     o->sync = prof_sync;
-    o->linear = PW(linear, PC_GEMM, 0);
-    o->matmul_heads = PW(matmul_heads, PC_GEMM, 0);
-    o->layernorm = PW(layernorm, PC_OTHER, 0);
-    o->rmsnorm = PW(rmsnorm, PC_OTHER, 0);
-    o->modulate = PW(modulate, PC_OTHER, 0);
-    o->gate_add = PW(gate_add, PC_OTHER, 0);
-    o->axpby = PW(axpby, PC_OTHER, 0);
-    o->gelu_tanh = PW(gelu_tanh, PC_OTHER, 0);
-    o->silu = PW(silu, PC_OTHER, 0);
-    o->clamp = PW(clamp, PC_OTHER, 0);
-    o->row_affine = PW(row_affine, PC_OTHER, 0);
-    o->copy = PW(copy, PC_OTHER, 0);
-    o->rope3d = PW(rope3d, PC_OTHER, 0);
-    o->timestep_embed = PW(timestep_embed, PC_OTHER, 0);
-    o->attention = PW(attention, PC_ATTN, 0);
-    o->kv_store = PW(kv_store, PC_OTHER, 0);
-    o->patchify = PW(patchify, PC_OTHER, 0);
-    o->unpatchify = PW(unpatchify, PC_OTHER, 0);
-    o->conv2d3x3 = PW(conv2d3x3, PC_OTHER, 0);
-    o->upsample2x = PW(upsample2x, PC_OTHER, 0);
+    o->linear = PW(linear, 0);
+    o->matmul_heads = PW(matmul_heads, 0);
+    o->layernorm = PW(layernorm, 0);
+    o->rmsnorm = PW(rmsnorm, 0);
+    o->modulate = PW(modulate, 0);
+    o->gate_add = PW(gate_add, 0);
+    o->axpby = PW(axpby, 0);
+    o->gelu_tanh = PW(gelu_tanh, 0);
+    o->silu = PW(silu, 0);
+    o->clamp = PW(clamp, 0);
+    o->row_affine = PW(row_affine, 0);
+    o->copy = PW(copy, 0);
+    o->rope3d = PW(rope3d, 0);
+    o->timestep_embed = PW(timestep_embed, 0);
+    o->attention = PW(attention, 0);
+    o->kv_store = PW(kv_store, 0);
+    o->patchify = PW(patchify, 0);
+    o->unpatchify = PW(unpatchify, 0);
+    o->conv2d3x3 = PW(conv2d3x3, 0);
+    o->upsample2x = PW(upsample2x, 0);
     if (o->buffer_copy)
-        o->buffer_copy = PW(buffer_copy, PC_COPY, 0);
+        o->buffer_copy = PW(buffer_copy, 0);
     return 1;
 }
 
@@ -178,8 +194,24 @@ extern "C" int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4
     cudaStreamSynchronize(cu_of(be)->stream);
     harvest(p);
     for (int i = 0; i < PC_N; i++) {
-        ms[i] = p->ms[i];
-        count[i] = p->count[i];
+        ms[i] = 0;
+        count[i] = 0;
     }
+    for (int i = 0; i < OP_N; i++) {
+        ms[op_cls[i]] += p->ms[i];
+        count[op_cls[i]] += p->count[i];
+    }
+    return 1;
+}
+
+/* The same per op: name, milliseconds and count of op i (0 ..), or 0 past the last op. */
+extern "C" int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count)
+{
+    if (!be || strcmp(be->ops->name, "cuda") || !cu_of(be)->prof || i < 0 || i >= OP_N)
+        return 0;
+    struct cu_prof *p = cu_of(be)->prof;
+    *name = op_name[i];
+    *ms = p->ms[i];
+    *count = p->count[i];
     return 1;
 }
