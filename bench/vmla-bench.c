@@ -7,6 +7,9 @@
  *       (one allocation of sink + window frames each), not from a formula.
  *   vmla-bench gen --preset P [--chunks N] [--window W] [--sink S] [--latent-h H --latent-w W] [--json]
  *       Chunk latency and frames/s of one stream on the CPU backend with seeded random weights.
+ *   vmla-bench serve --preset P ...
+ *       Many streams on one device through the scheduler, per-head against MLA: resident sessions
+ *       in a pool, throughput batched and one at a time, real-time admission, offload (serve.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +26,8 @@ typedef struct {
     kn_dtype dtype;
     int json;
 } args;
+
+int vmla_bench_serve(int argc, char **argv); /* serve.c */
 
 static int parse(int argc, char **argv, args *a)
 {
@@ -255,7 +260,10 @@ int main(int argc, char **argv)
                 "usage: vmla-bench kv  --preset P [--window W] [--sink S] [--latent-h H] [--latent-w W]"
                 " [--dtype bf16|f16|f32] [--json]\n"
                 "       vmla-bench gen --preset P [--chunks N] [--window W] [--sink S] [--latent-h H]"
-                " [--latent-w W] [--json]\n");
+                " [--latent-w W] [--json]\n"
+                "       vmla-bench serve --preset P [--device cpu|cuda] [--pool-gb G] [--streams 1,2,4]"
+                " [--chunks C] [--modes batched,single] [--layouts mha,mla] [--rt-streams N,..] [--json FILE]"
+                " (see bench/serve.c)\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "kv")) {
@@ -269,6 +277,8 @@ int main(int argc, char **argv)
             return 2;
         return cmd_gen(&a);
     }
-    fprintf(stderr, "vmla-bench: unknown command '%s' (kv, gen)\n", argv[1]);
+    if (!strcmp(argv[1], "serve"))
+        return vmla_bench_serve(argc, argv);
+    fprintf(stderr, "vmla-bench: unknown command '%s' (kv, gen, serve)\n", argv[1]);
     return 2;
 }

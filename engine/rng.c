@@ -40,9 +40,14 @@ static void box_muller(uint32_t ra, uint32_t rb, float *n0, float *n1)
 
 void eng_normals(uint64_t seed, uint32_t a, uint32_t b, uint32_t tag, float *out, size_t n)
 {
+    eng_normals_at(seed, a, b, tag, out, 0, n);
+}
+
+void eng_normals_at(uint64_t seed, uint32_t a, uint32_t b, uint32_t tag, float *out, size_t i0, size_t n)
+{
     const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     for (size_t i = 0; i < n; i += 4) {
-        const uint32_t ctr[4] = {(uint32_t)(i / 4), a, b, tag};
+        const uint32_t ctr[4] = {(uint32_t)((i0 + i) / 4), a, b, tag};
         uint32_t r[4];
         float v[4];
         eng_philox4x32(ctr, key, r);

@@ -19,5 +19,8 @@ void eng_noise(uint64_t seed, uint32_t chunk, uint32_t draw, float *out, size_t 
 
 /* Standard normals for other uses (random weights): counter (i/4, a, b, tag). */
 void eng_normals(uint64_t seed, uint32_t a, uint32_t b, uint32_t tag, float *out, size_t n);
+/* Elements i0 .. i0+n-1 of that sequence into out[0..n) (i0 a multiple of 4): the same values as
+ * eng_normals would give there, so a tensor can be drawn in slices by several threads. */
+void eng_normals_at(uint64_t seed, uint32_t a, uint32_t b, uint32_t tag, float *out, size_t i0, size_t n);
 
 #endif

@@ -342,7 +342,7 @@ void sch_next(sch_t *s, double now, sch_work *w)
     if (cand) {
         int slot_ok = resident < c->max_resident;
         int pages_ok = (resident + 1) * c->pages_per_stream <= c->pool_pages;
-        int cap_ok = compute == 0 || fits(s, compute + 1);
+        int cap_ok = compute == 0 || c->admit_all || fits(s, compute + 1);
         if (slot_ok && pages_ok && cap_ok) {
             cand->res = 1;
             cand->realtime = fits(s, compute + 1);

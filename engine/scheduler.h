@@ -56,6 +56,8 @@ typedef struct {
     double ttff_target;    /* deadline of the first chunk after admission */
     double headroom;       /* admit while the predicted busy share stays at or below this (0..1] */
     double offload_after;  /* seconds paused before the pages go to host (< 0: only when needed) */
+    int admit_all;         /* benchmarks of offered load: skip the capacity test (slots and pages
+                              still hold) */
 } sch_config;
 
 /* Defaults for the numbers that have one (max_batch 1, max_resident 1, max_queue 16, lead 2,

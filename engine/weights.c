@@ -3,9 +3,11 @@
  * One table of (name, file shape, view) is built from the config; the same table sizes the single
  * buffer, slices it, loads or draws each tensor, and lists the manifest. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/rng.h"
 #include "engine/safetensors.h"
@@ -173,10 +175,55 @@ void eng_weights_manifest(const eng_config *c, eng_weight_visit fn, void *user)
     free(w.blocks);
 }
 
-/* Seeded random values for one tensor (not meant to match any other implementation). */
+typedef struct {
+    const wspec *s;
+    uint64_t seed;
+    uint32_t idx;
+    float *v;
+    size_t i0, n;
+} draw_part;
+
+static void draw_range(const wspec *s, uint64_t seed, uint32_t idx, float *v, size_t i0, size_t n);
+
+static void *draw_thread(void *arg)
+{
+    draw_part *p = arg;
+    draw_range(p->s, p->seed, p->idx, p->v + p->i0, p->i0, p->n);
+    return NULL;
+}
+
+/* Seeded random values for one tensor (not meant to match any other implementation); large
+ * tensors are drawn by several threads in slices (the values do not depend on the split). */
 static void draw(const wspec *s, uint64_t seed, uint32_t idx, float *v, size_t n)
 {
-    eng_normals(seed, idx, 0, 0x57454947u /* "WEIG" */, v, n);
+    enum { MAXT = 16 };
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = n >= (1u << 20) && ncpu > 1 ? (int)(ncpu < MAXT ? ncpu : MAXT) : 1;
+    pthread_t th[MAXT];
+    draw_part parts[MAXT];
+    size_t per = (n / (size_t)nt + 3) / 4 * 4;
+    int started = 0;
+    for (int t = 1; t < nt; t++) {
+        size_t i0 = per * (size_t)t;
+        if (i0 >= n)
+            break;
+        parts[t] = (draw_part){s, seed, idx, v, i0, n - i0 < per ? n - i0 : per};
+        if (pthread_create(&th[t], NULL, draw_thread, &parts[t]))
+            break;
+        started = t;
+    }
+    size_t own = started ? per : n; /* threads that did not start: this one draws the rest */
+    if (started && per * (size_t)(started + 1) < n)
+        draw_range(s, seed, idx, v + per * (size_t)(started + 1), per * (size_t)(started + 1),
+                   n - per * (size_t)(started + 1));
+    draw_range(s, seed, idx, v, 0, own < n ? own : n);
+    for (int t = 1; t <= started; t++)
+        pthread_join(th[t], NULL);
+}
+
+static void draw_range(const wspec *s, uint64_t seed, uint32_t idx, float *v, size_t i0, size_t n)
+{
+    eng_normals_at(seed, idx, 0, 0x57454947u /* "WEIG" */, v, i0, n);
     for (size_t i = 0; i < n; i++) {
         switch (s->init) {
         case INIT_LINEAR:

@@ -102,5 +102,15 @@ int main(void)
     eng_config_preset(&cfg, "tiny-test", err, sizeof err);
     cfg.steps[2] = 900;
     CHECK(eng_config_validate(&cfg, err, sizeof err) == -1, "non-decreasing steps refused: %s", err);
+    {
+        /* slices drawn apart (as weights.c's threads do) equal the whole draw */
+        enum { NS = 1000 };
+        static float whole[NS], parts[NS];
+        eng_normals(99, 3, 0, 0x57454947u, whole, NS);
+        size_t cuts[] = {0, 4, 252, 600, NS};
+        for (int k = 0; k + 1 < 5; k++)
+            eng_normals_at(99, 3, 0, 0x57454947u, parts + cuts[k], cuts[k], cuts[k + 1] - cuts[k]);
+        CHECK(!memcmp(whole, parts, sizeof whole), "normals drawn in slices equal the whole draw");
+    }
     return check_done();
 }
