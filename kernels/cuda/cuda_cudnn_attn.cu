@@ -16,14 +16,18 @@
  *  - unified: one CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR node (cuDNN >= 9.13.1) over Q, K, V,
  *    O and the scale. With a page table (>= 9.15) K and V are "containers" [pages, heads,
  *    page_tokens, d] read through a device page table and sequence lengths: our KV pool as is.
+ *    (The GPU machine's cuDNN 9.14 refuses the page-table attributes; the paged mode then takes
+ *    the composite form below, and failing that gathers.)
  *  - composite: the pattern cuDNN's flash engines match, spelled out as ops:
  *        S = Q K^T (fp32) ; S *= scale ; m = max_t S ; E = exp(S - m) ; l = sum_t E ;
  *        stats = m + log l (virtual) ; P = E / l (bf16) ; O = P V
- *    (cuDNN fuses it into one flash kernel; nothing is materialised). Contiguous K/V only.
+ *    (cuDNN fuses it into one flash kernel; nothing is materialised). With a page table (>= 9.5)
+ *    K^T and V come from two paged-cache-load ops over the containers, with the sequence lengths
+ *    as matmul overrides and a padding mask (row < seq_q && col < seq_kv, else -inf) on S.
  *
  * Tensors are 4-D [batch 1, heads, tokens, d] views with strides, so Q, O and a contiguous KV
  * source are described in place (row stride = ld / row_stride, head stride = d). A paged source
- * either goes to cuDNN as containers + page table (mode PAGED) or is first gathered into a
+ * either goes to cuDNN as containers + page table (mode PAGED, VMLA_CUDA_ATTN=cudnn-paged) or is first gathered into a
  * contiguous scratch, one pass over the window's bytes (mode GATHER: ~67 MB a call for the
  * per-head layout at 10920 keys, ~40 us at 3.5 TB/s against ~0.6 ms of attention).
  *
@@ -35,6 +39,7 @@
  * that no engine supports is remembered as unsupported and goes to our kernel.
  * Workspace and the gather scratch grow to the largest size needed, then stay.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +74,7 @@ enum { FORM_UNIFIED = 1, FORM_COMPOSITE = 2 };
 enum { MODE_GATHER = 1, MODE_PAGED = 2 };
 
 #define CACHE_N 64
-#define MAXDESC 64
+#define MAXDESC 96
 #define PACKS 32 /* variant packs kept per plan (one per set of pointers: layers, streams) */
 
 /* The shape of one call: everything a plan depends on (pointers and the scale are not). */
@@ -89,9 +94,9 @@ typedef struct {
     cudnnBackendDescriptor_t desc[MAXDESC]; /* everything the plan was built from */
     int ndesc;
     int64_t ws;
-    float sc; /* the scale, read by value from here by the packs below */
+    float sc, neginf; /* the scale and -inf (the paged mask), read by value from here */
     struct {
-        void *ptrs[10]; /* the 9 data pointers and the workspace */
+        void *ptrs[11]; /* the 10 data pointers and the workspace */
         cudnnBackendDescriptor_t vp;
     } pack[PACKS];
     int npack, next_pack;
@@ -225,7 +230,8 @@ static cudnnBackendDescriptor_t b_tensor(bld *b, int64_t uid, cudnnDataType_t dt
 }
 
 static cudnnBackendDescriptor_t b_matmul(bld *b, cudnnBackendDescriptor_t A, cudnnBackendDescriptor_t B,
-                                         cudnnBackendDescriptor_t C)
+                                         cudnnBackendDescriptor_t C, cudnnBackendDescriptor_t m_ovr = NULL,
+                                         cudnnBackendDescriptor_t n_ovr = NULL, cudnnBackendDescriptor_t k_ovr = NULL)
 {
     cudnnDataType_t f = CUDNN_DATA_FLOAT;
     cudnnBackendDescriptor_t m = b_new(b, CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul");
@@ -236,6 +242,12 @@ static cudnnBackendDescriptor_t b_matmul(bld *b, cudnnBackendDescriptor_t A, cud
     b_set(b, op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &B, "matmul B");
     b_set(b, op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &C, "matmul C");
     b_set(b, op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m, "matmul desc");
+    if (m_ovr)
+        b_set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m_ovr, "m ovr");
+    if (n_ovr)
+        b_set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n_ovr, "n ovr");
+    if (k_ovr)
+        b_set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k_ovr, "k ovr");
     b_fin(b, op, "matmul op finalize");
     return op;
 }
@@ -259,6 +271,45 @@ static cudnnBackendDescriptor_t b_pw(bld *b, cudnnPointwiseMode_t mode, cudnnBac
     return op;
 }
 
+/* The general form: math precision, an axis (GEN_INDEX) and a third input t (BINARY_SELECT). */
+static cudnnBackendDescriptor_t b_pwx(bld *b, cudnnPointwiseMode_t mode, cudnnDataType_t prec, int64_t axis,
+                                      cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t bb,
+                                      cudnnBackendDescriptor_t t, cudnnBackendDescriptor_t y)
+{
+    cudnnBackendDescriptor_t p = b_new(b, CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "pointwise");
+    b_set(b, p, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode, "pointwise mode");
+    b_set(b, p, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec, "pointwise precision");
+    if (axis >= 0)
+        b_set(b, p, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis, "pointwise axis");
+    b_fin(b, p, "pointwise finalize");
+    cudnnBackendDescriptor_t op = b_new(b, CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "pointwise op");
+    b_set(b, op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &p, "pointwise desc");
+    b_set(b, op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "pointwise x");
+    if (bb)
+        b_set(b, op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &bb, "pointwise b");
+    if (t)
+        b_set(b, op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t, "pointwise t");
+    b_set(b, op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "pointwise y");
+    b_fin(b, op, "pointwise op finalize");
+    return op;
+}
+
+/* Y = the listed pages of a container, as one sequence (cuDNN >= 9.5). */
+static cudnnBackendDescriptor_t b_pageload(bld *b, cudnnBackendDescriptor_t container, cudnnBackendDescriptor_t table,
+                                           cudnnBackendDescriptor_t seqlen, cudnnBackendDescriptor_t y)
+{
+    cudnnBackendDescriptor_t op = b_new(b, CUDNN_BACKEND_OPERATION_PAGED_CACHE_LOAD_DESCRIPTOR, "paged load op");
+    b_set(b, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_CONTAINER_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &container,
+          "paged load container");
+    b_set(b, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_PAGE_TABLE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &table,
+          "paged load table");
+    b_set(b, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_SEQUENCE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &seqlen,
+          "paged load seq len");
+    b_set(b, op, CUDNN_ATTR_OPERATION_PAGED_CACHE_LOAD_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "paged load y");
+    b_fin(b, op, "paged load op finalize");
+    return op;
+}
+
 static cudnnBackendDescriptor_t b_reduce(bld *b, cudnnReduceTensorOp_t mode, cudnnBackendDescriptor_t x,
                                          cudnnBackendDescriptor_t y)
 {
@@ -276,7 +327,7 @@ static cudnnBackendDescriptor_t b_reduce(bld *b, cudnnReduceTensorOp_t mode, cud
 }
 
 /* Unique ids of the tensors the variant pack names. */
-enum { UID_Q = 1, UID_K, UID_V, UID_O, UID_SCALE, UID_PTK, UID_PTV, UID_SEQQ, UID_SEQKV };
+enum { UID_Q = 1, UID_K, UID_V, UID_O, UID_SCALE, UID_PTK, UID_PTV, UID_SEQQ, UID_SEQKV, UID_NEGINF };
 
 /* ---- building a plan ------------------------------------------------------------------------------ */
 
@@ -297,7 +348,7 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
     cudnnBackendDescriptor_t Q = b_tensor(&b, UID_Q, io, qd, qs, false, false, 16);
     cudnnBackendDescriptor_t O = b_tensor(&b, UID_O, io, od, os, false, false, 16);
     cudnnBackendDescriptor_t SC = b_tensor(&b, UID_SCALE, f32, one, one, false, true, 16);
-    cudnnBackendDescriptor_t ops[12];
+    cudnnBackendDescriptor_t ops[24];
     int nops = 0;
     if (k->form == FORM_UNIFIED) {
         cudnnBackendDescriptor_t K, V, PTK = NULL, PTV = NULL, SQ = NULL, SKV = NULL;
@@ -347,13 +398,34 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
         b_fail(&b, CUDNN_STATUS_NOT_SUPPORTED, "unified SDPA needs cuDNN headers >= 9.13.1");
 #endif
     } else {
-        /* composite: K enters transposed, KT [1, hk, dk, n] */
+        /* composite: K enters transposed, KT [1, hk, dk, n]. Paged: KT and V are what two paged
+         * loads make of the containers (virtual, packed), and a padding mask built from the
+         * sequence lengths hides nothing but is what cuDNN's paged flash engines expect. */
         int64_t kd[4] = {1, hk, k->dk, n}, ks[4] = {n * k->rs, k->dk, 1, k->rs};
         int64_t vd[4] = {1, hk, n, k->dv}, vs[4] = {n * k->rs, k->dv, k->rs, 1};
         int64_t sd[4] = {1, hq, nq, n}, ss[4] = {hq * nq * n, nq * n, n, 1};
         int64_t rd[4] = {1, hq, nq, 1}, rss[4] = {hq * nq, nq, 1, 1};
-        cudnnBackendDescriptor_t KT = b_tensor(&b, UID_K, io, kd, ks, false, false, 16);
-        cudnnBackendDescriptor_t V = b_tensor(&b, UID_V, io, vd, vs, false, false, 16);
+        cudnnBackendDescriptor_t KT, V, SQ = NULL, SKV = NULL;
+        if (k->paged) {
+            int64_t cd[4] = {k->nblk, hk, k->pt, k->dk}, cs[4] = {k->ps, k->dk, k->rs, 1};
+            int64_t cvd[4] = {k->nblk, hk, k->pt, k->dv}, cvs[4] = {k->ps, k->dv, k->rs, 1};
+            int64_t td[4] = {1, 1, k->np, 1}, ts[4] = {k->np, k->np, 1, 1};
+            int64_t pks[4] = {k->dk * n * hk, k->dk * n, 1, k->dk}, pvs[4] = {k->dv * n * hk, k->dv * n, k->dv, 1};
+            cudnnDataType_t i32 = CUDNN_DATA_INT32;
+            cudnnBackendDescriptor_t CK = b_tensor(&b, UID_K, io, cd, cs, false, false, 16);
+            cudnnBackendDescriptor_t CV = b_tensor(&b, UID_V, io, cvd, cvs, false, false, 16);
+            cudnnBackendDescriptor_t PTK = b_tensor(&b, UID_PTK, i32, td, ts, false, false, 16);
+            cudnnBackendDescriptor_t PTV = b_tensor(&b, UID_PTV, i32, td, ts, false, false, 16);
+            SQ = b_tensor(&b, UID_SEQQ, i32, one, one, false, false, 16);
+            SKV = b_tensor(&b, UID_SEQKV, i32, one, one, false, false, 16);
+            KT = b_tensor(&b, 120, io, kd, pks, true, false, 16);
+            V = b_tensor(&b, 121, io, vd, pvs, true, false, 16);
+            ops[nops++] = b_pageload(&b, CK, PTK, SKV, KT);
+            ops[nops++] = b_pageload(&b, CV, PTV, SKV, V);
+        } else {
+            KT = b_tensor(&b, UID_K, io, kd, ks, false, false, 16);
+            V = b_tensor(&b, UID_V, io, vd, vs, false, false, 16);
+        }
         cudnnBackendDescriptor_t S = b_tensor(&b, 101, f32, sd, ss, true, false, 16);
         cudnnBackendDescriptor_t S2 = b_tensor(&b, 102, f32, sd, ss, true, false, 16);
         cudnnBackendDescriptor_t MX = b_tensor(&b, 103, f32, rd, rss, true, false, 16);
@@ -363,8 +435,25 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
         cudnnBackendDescriptor_t LG = b_tensor(&b, 107, f32, rd, rss, true, false, 16);
         cudnnBackendDescriptor_t ST = b_tensor(&b, 108, f32, rd, rss, true, false, 16);
         cudnnBackendDescriptor_t P = b_tensor(&b, 109, io, sd, ss, true, false, 16);
-        ops[nops++] = b_matmul(&b, Q, KT, S);
+        ops[nops++] = b_matmul(&b, Q, KT, S, SQ, SKV, NULL);
         ops[nops++] = b_pw(&b, CUDNN_POINTWISE_MUL, S, SC, S2);
+        if (k->paged) { /* S2 = (row < seq_q && col < seq_kv) ? S2 : -inf */
+            cudnnDataType_t i32 = CUDNN_DATA_INT32, bo = CUDNN_DATA_BOOLEAN;
+            cudnnBackendDescriptor_t NI = b_tensor(&b, UID_NEGINF, f32, one, one, false, true, 16);
+            cudnnBackendDescriptor_t RI = b_tensor(&b, 110, i32, sd, ss, true, false, 16);
+            cudnnBackendDescriptor_t CI = b_tensor(&b, 111, i32, sd, ss, true, false, 16);
+            cudnnBackendDescriptor_t RM = b_tensor(&b, 112, bo, sd, ss, true, false, 16);
+            cudnnBackendDescriptor_t CM = b_tensor(&b, 113, bo, sd, ss, true, false, 16);
+            cudnnBackendDescriptor_t M = b_tensor(&b, 114, bo, sd, ss, true, false, 16);
+            cudnnBackendDescriptor_t S3 = b_tensor(&b, 115, f32, sd, ss, true, false, 16);
+            ops[nops++] = b_pwx(&b, CUDNN_POINTWISE_GEN_INDEX, i32, 2, S2, NULL, NULL, RI);
+            ops[nops++] = b_pwx(&b, CUDNN_POINTWISE_GEN_INDEX, i32, 3, S2, NULL, NULL, CI);
+            ops[nops++] = b_pwx(&b, CUDNN_POINTWISE_CMP_LT, bo, -1, RI, SQ, NULL, RM);
+            ops[nops++] = b_pwx(&b, CUDNN_POINTWISE_CMP_LT, bo, -1, CI, SKV, NULL, CM);
+            ops[nops++] = b_pwx(&b, CUDNN_POINTWISE_LOGICAL_AND, bo, -1, RM, CM, NULL, M);
+            ops[nops++] = b_pwx(&b, CUDNN_POINTWISE_BINARY_SELECT, f32, -1, S2, NI, M, S3);
+            S2 = S3;
+        }
         ops[nops++] = b_reduce(&b, CUDNN_REDUCE_TENSOR_MAX, S2, MX);
         ops[nops++] = b_pw(&b, CUDNN_POINTWISE_SUB, S2, MX, SUB);
         ops[nops++] = b_pw(&b, CUDNN_POINTWISE_EXP, SUB, NULL, EX);
@@ -372,7 +461,7 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
         ops[nops++] = b_pw(&b, CUDNN_POINTWISE_LOG, SUM, NULL, LG);
         ops[nops++] = b_pw(&b, CUDNN_POINTWISE_ADD, MX, LG, ST);
         ops[nops++] = b_pw(&b, CUDNN_POINTWISE_DIV, EX, SUM, P);
-        ops[nops++] = b_matmul(&b, P, V, O);
+        ops[nops++] = b_matmul(&b, P, V, O, SQ, NULL, SKV);
     }
     /* operation graph -> heuristics -> the first engine config that makes a plan */
     cudnnBackendDescriptor_t g = b_new(&b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "graph");
@@ -561,20 +650,28 @@ kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const k
     dnn_entry *e = NULL;
     const char *kp = NULL, *vp = NULL;
     const int32_t *dpt = NULL, *dseq = NULL;
-    int paged = kv->pages && d->mode == MODE_PAGED && d->form_want != FORM_COMPOSITE;
+    int paged = kv->pages && d->mode == MODE_PAGED;
     if (paged) {
         /* K and V as containers over the pool; the container spans the buffer from this layer's
          * token row 0 of page 0 (every page that starts inside the buffer: the same count for
          * every layer, so one plan serves all of them) */
         size_t psb = (size_t)kv->page_stride * 2;
-        key.form = FORM_UNIFIED;
         key.paged = 1;
         key.rs = kv->row_stride;
         key.pt = kv->page_tokens;
         key.np = (kv->n_tokens + kv->page_tokens - 1) / kv->page_tokens;
         key.ps = kv->page_stride;
         key.nblk = (int64_t)((kv->buf->size - kv->off + psb - 1) / psb);
-        if ((e = plan_for(d, &key))) {
+        int forms[2] = {FORM_UNIFIED, FORM_COMPOSITE}, nf = 2;
+        if (d->form_want) {
+            forms[0] = d->form_want;
+            nf = 1;
+        }
+        for (int i = 0; i < nf && !e; i++) {
+            key.form = forms[i];
+            e = plan_for(d, &key);
+        }
+        if (e) {
             kp = base + kv->k_off * 2;
             vp = base + kv->v_off * 2;
             /* page table and the two sequence lengths, in 16-byte aligned slots of the pinned ring */
@@ -587,7 +684,7 @@ kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const k
                 return st;
         } else {
             paged = 0; /* no engine takes these pages: gather them */
-            key.paged = key.pt = key.np = key.ps = key.nblk = 0;
+            key.paged = key.pt = key.np = key.ps = key.nblk = key.form = 0;
         }
     }
     if (!paged) {
@@ -644,10 +741,11 @@ kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const k
      * (the same scratch, q and out views recur every layer), so the hot path is usually one
      * lookup and cudnnBackendExecute. The scale lives in the entry: cuDNN reads it by value. */
     e->sc = scale;
-    void *ptrs[10] = {(char *)q.buf->ptr + q.off, (void *)kp, (void *)vp, (char *)out.buf->ptr + out.off, &e->sc,
-                      (void *)dpt, (void *)dpt, (void *)dseq, (void *)(dseq ? dseq + 4 : NULL), ws};
-    int64_t uids[9] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_PTK, UID_PTV, UID_SEQQ, UID_SEQKV};
-    int64_t nu = paged ? 9 : 5;
+    e->neginf = -INFINITY;
+    void *ptrs[11] = {(char *)q.buf->ptr + q.off, (void *)kp, (void *)vp, (char *)out.buf->ptr + out.off, &e->sc,
+                      (void *)dpt, (void *)dpt, (void *)dseq, (void *)(dseq ? dseq + 4 : NULL), &e->neginf, ws};
+    int64_t uids[10] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_PTK, UID_PTV, UID_SEQQ, UID_SEQKV, UID_NEGINF};
+    int64_t nu = paged ? (key.form == FORM_COMPOSITE ? 10 : 9) : 5;
     cudnnBackendDescriptor_t vp_ = NULL;
     cudnnStatus_t s = CUDNN_STATUS_SUCCESS;
     int slot = -1;

@@ -591,6 +591,12 @@ static void op_suite(void)
                 t_elem(op, ROWS[i], COLS[j], (i + j) % 2 ? 3 : 0, (i + j + op) % 3 == 0 && op != E_GATE && op != E_GATE1);
     t_elem(E_LN, 64, 1536, 0, 1);
     t_elem(E_RMS, 64, 1536, 0, 0);
+    /* columns a multiple of 8 with 16-byte aligned rows: the vectorised bf16 path (8 values a
+     * thread), in place and strided */
+    for (int op = 0; op < E_N; op++) {
+        t_elem(op, 33, 64, 0, op != E_GATE && op != E_GATE1);
+        t_elem(op, 257, 1536, 8, 0);
+    }
     kn_dtype dts[3] = {KN_F32, KN_BF16, KN_F16};
     for (int a = 0; a < 3; a++)
         for (int b = 0; b < 3; b++)
