@@ -115,8 +115,6 @@ struct cu_dnn {
     size_t ws_bytes;
     void *gather;
     size_t gather_bytes;
-    int32_t *table; /* host block table (pages cut into power-of-2 blocks) */
-    size_t table_cap;
     int plans_built, plans_failed;
     double build_s;
     char last[48];
@@ -654,45 +652,22 @@ kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const k
     const int32_t *dpt = NULL, *dseq = NULL;
     int paged = kv->pages && d->mode == MODE_PAGED;
     if (paged) {
-        /* K and V as containers over the pool, from this layer's token row 0 of page 0 */
-        /* cuDNN's paged loads take power-of-2 blocks only. A page of another size (a latent frame is
-         * 1560 tokens) is cut into blocks of its largest power-of-2 divisor (8 for 1560), which works
-         * when the page stride is a whole number of such blocks: block j of page p is then block
-         * p*K + j of a container whose block stride is blk rows (K = page_stride / (blk*rows)). */
-        int64_t pt = kv->page_tokens, blk = pt & -pt, sub = pt / blk, kper = 1;
-        if (sub > 1 && (blk < 8 || kv->page_stride % (blk * kv->row_stride)))
-            blk = 0; /* not expressible: gather */
-        else if (sub > 1)
-            kper = kv->page_stride / (blk * kv->row_stride);
-        int64_t bstride = sub > 1 ? blk * kv->row_stride : kv->page_stride;
-        size_t psb = (size_t)bstride * 2;
+        /* K and V as containers over the pool; the container spans the buffer from this layer's
+         * token row 0 of page 0 (every page that starts inside the buffer: the same count for
+         * every layer, so one plan serves all of them) */
+        size_t psb = (size_t)kv->page_stride * 2;
         key.paged = 1;
         key.rs = kv->row_stride;
-        key.pt = blk;
-        key.np = blk ? (kv->n_tokens + blk - 1) / blk : 0;
-        key.ps = bstride;
-        /* the container's block count: from the buffer's size alone, so every layer (another
-         * offset into the same pages) shares one plan; only listed blocks are ever read */
-        key.nblk = (int64_t)((kv->buf->size + psb - 1) / psb);
-        const int32_t *table = kv->pages;
-        if (blk && sub > 1) { /* the block table, on the host, then through the ring */
-            if ((size_t)key.np > d->table_cap) {
-                int32_t *t = (int32_t *)realloc(d->table, sizeof(int32_t) * (size_t)key.np);
-                if (!t)
-                    return cu_fail(be, KN_ERR_NOMEM, "cudnn: block table: out of host memory");
-                d->table = t;
-                d->table_cap = (size_t)key.np;
-            }
-            for (int64_t b = 0; b < key.np; b++)
-                d->table[b] = (int32_t)((int64_t)kv->pages[b / sub] * kper + b % sub);
-            table = d->table;
-        }
+        key.pt = kv->page_tokens;
+        key.np = (kv->n_tokens + kv->page_tokens - 1) / kv->page_tokens;
+        key.ps = kv->page_stride;
+        key.nblk = (int64_t)((kv->buf->size - kv->off + psb - 1) / psb);
         int forms[2] = {FORM_UNIFIED, FORM_COMPOSITE}, nf = 2;
         if (d->form_want) {
             forms[0] = d->form_want;
             nf = 1;
         }
-        for (int i = 0; i < nf && !e && blk; i++) {
+        for (int i = 0; i < nf && !e; i++) {
             key.form = forms[i];
             e = plan_for(d, &key);
         }
@@ -701,7 +676,7 @@ kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const k
             vp = base + kv->v_off * 2;
             /* page table and the two sequence lengths, in 16-byte aligned slots of the pinned ring */
             c->ring_pos = (c->ring_pos + 3) & ~(size_t)3;
-            if (!(dpt = cu_pages(be, table, key.np, &st)))
+            if (!(dpt = cu_pages(be, kv->pages, key.np, &st)))
                 return st;
             int32_t seq[8] = {(int32_t)q.rows, 0, 0, 0, (int32_t)kv->n_tokens, 0, 0, 0};
             c->ring_pos = (c->ring_pos + 3) & ~(size_t)3;
@@ -907,7 +882,6 @@ void cu_dnn_close(kn_backend_t *be)
             entry_free(d, &d->cache[i]);
     cudaFree(d->ws);
     cudaFree(d->gather);
-    free(d->table);
     d->api.destroy(d->h);
     /* the library stays loaded: cuDNN keeps process-wide state that dlclose would pull from under it */
     free(d);
