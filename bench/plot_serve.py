@@ -45,6 +45,7 @@ def main(argv):
             ax.set_xlabel("concurrent streams N")
             ax.set_ylabel(ylab)
             ax.set_title("%s: %s" % (title, name), fontsize=9)
+            ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()

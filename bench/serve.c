@@ -3,7 +3,7 @@
  *   vmla-bench serve --preset P [--device cpu|cuda] [--latent-h H --latent-w W] [--window W] [--sink S]
  *                    [--pool-gb G] [--streams 1,2,4,8] [--chunks C] [--modes batched,single]
  *                    [--layouts mha,mla] [--rt-streams 4,8] [--rt-gap S] [--rt-seconds S] [--rt-batch B]
- *                    [--no-offload] [--json FILE]
+ *                    [--no-offload] [--profile] [--json FILE]
  *
  * For each layout of P's family (per-head P, latent P-mla), at one video size:
  *  residency   a real KV pool of G GB with the engine's page geometry (kvpool.c, on the device):
@@ -21,6 +21,8 @@
  *              were admitted at once, time to first frame, deadline misses of admitted streams.
  *  offload     a stream with a full window: its pages moved to page-locked host memory and back
  *              (eng_stream_offload / restore + a sync), 5 times: milliseconds and bytes.
+ *  --profile  after each throughput run, one more chunk with the CUDA per-op profiler
+ *             (VMLA_CUDA_PROFILE=1): GPU busy time by class against the wall time.
  * Seeded random weights (the figures do not depend on them). --json writes every figure for
  * bench/plot_serve.py.
  */
@@ -37,12 +39,22 @@
 
 #define MAXN 16
 
+#ifdef VMLA_HAVE_CUDA /* kernels/cuda/cuda_prof.cu (needs VMLA_CUDA_PROFILE=1 in the environment) */
+int kn_cuda_profile_on(kn_backend_t *be, int on);
+int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]);
+int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count);
+#else
+static int kn_cuda_profile_on(kn_backend_t *be, int on) { return 0; }
+static int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]) { return 0; }
+static int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count) { return 0; }
+#endif
+
 typedef struct {
     const char *preset, *device, *json;
     long lh, lw, window, sink, chunks, rt_batch;
     double pool_gb, rt_gap, rt_seconds;
     int streams[MAXN], n_streams, rt[MAXN], n_rt;
-    int batched, single, mha, mla, offload;
+    int batched, single, mha, mla, offload, profile;
 } sargs;
 
 static double now_s(void)
@@ -85,8 +97,11 @@ static int parse(int argc, char **argv, sargs *a)
 {
     for (int i = 2; i < argc;) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(k, "--no-offload")) {
-            a->offload = 0;
+        if (!strcmp(k, "--no-offload") || !strcmp(k, "--profile")) {
+            if (k[2] == 'n')
+                a->offload = 0;
+            else
+                a->profile = 1;
             i++;
             continue;
         }
@@ -367,6 +382,65 @@ static int warm(eng_engine_t *e, int n, int single)
     return ok ? 0 : -1;
 }
 
+/* One chunk of n fresh streams (one at a time when single) with the per-op profiler on: where the
+ * GPU's time goes and how much of the wall time it is busy. Prints and returns 0; 1 when the
+ * backend has no profiler. */
+static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, const char *layout)
+{
+    eng_stream_t *st[64];
+    int opened = 0, ok = 1;
+    for (; opened < n && ok; opened++)
+        ok = eng_stream_open(e, 7000 + (uint64_t)opened, "profile", &st[opened]) == ENG_OK;
+    if (!ok)
+        opened--;
+    if (!ok || !kn_cuda_profile_on(be, 1)) {
+        for (int i = 0; i < opened; i++)
+            eng_stream_close(st[i]);
+        return 1;
+    }
+    double t0 = now_s();
+    for (int i = 0; i < (single ? n : 1) && ok; i++)
+        ok = eng_generate_chunk(e, single ? &st[i] : st, single ? 1 : n) == ENG_OK;
+    eng_sync(e);
+    double wall = (now_s() - t0) * 1e3, ms[4];
+    long cnt[4];
+    kn_cuda_profile_read(be, ms, cnt);
+    kn_cuda_profile_on(be, 0);
+    double busy = ms[0] + ms[1] + ms[2] + ms[3];
+    printf("    profile %s %s N=%d, one chunk each: wall %.1f ms; GPU busy %.1f ms (%.0f%%): GEMM %.1f, attention %.1f, "
+           "other %.1f (%ld ops), copies %.1f",
+           layout, single ? "single" : "batched", n, wall, busy, 100 * busy / wall, ms[0], ms[1], ms[2], cnt[2], ms[3]);
+    const char *top[3] = {0};
+    double tms[3] = {0};
+    for (int i = 0;; i++) {
+        const char *name;
+        double m;
+        long c;
+        if (!kn_cuda_profile_op(be, i, &name, &m, &c))
+            break;
+        for (int k = 0; k < 3; k++)
+            if (m > tms[k]) {
+                for (int q = 2; q > k; q--)
+                    tms[q] = tms[q - 1], top[q] = top[q - 1];
+                tms[k] = m;
+                top[k] = name;
+                break;
+            }
+    }
+    printf("; top ops:");
+    for (int k = 0; k < 3 && top[k]; k++)
+        printf(" %s %.1f", top[k], tms[k]);
+    printf("\n");
+    jsep();
+    if (jf)
+        fprintf(jf, "  {\"kind\": \"profile\", \"layout\": \"%s\", \"mode\": \"%s\", \"streams\": %d, \"wall_ms\": %.2f, "
+                    "\"gemm_ms\": %.2f, \"attention_ms\": %.2f, \"other_ms\": %.2f, \"copy_ms\": %.2f}",
+                layout, single ? "single" : "batched", n, wall, ms[0], ms[1], ms[2], ms[3]);
+    for (int i = 0; i < opened; i++)
+        eng_stream_close(st[i]);
+    return ok ? 0 : -1;
+}
+
 static void base_sched(eng_engine_t *e, sch_config *sc)
 {
     sch_config_default(sc);
@@ -374,7 +448,7 @@ static void base_sched(eng_engine_t *e, sch_config *sc)
     sc->offload_after = -1;
 }
 
-static int throughput(const sargs *a, eng_engine_t *e, const char *layout)
+static int throughput(const sargs *a, kn_backend_t *be, eng_engine_t *e, const char *layout)
 {
     int chunks = a->chunks ? (int)a->chunks : 3;
     for (int k = 0; k < a->n_streams; k++) {
@@ -421,6 +495,8 @@ static int throughput(const sargs *a, eng_engine_t *e, const char *layout)
                             "\"chunk_p99_s\": %.5f, \"ttff_p50_s\": %.5f, \"ttff_max_s\": %.5f}",
                         layout, single ? "single" : "batched", n, chunks, r.fps, r.wall, r.lat50, r.lat99, r.ttff50,
                         r.ttff_max);
+            if (a->profile && profile_chunk(e, be, n, single, layout) < 0)
+                return -1;
         }
     }
     return 0;
@@ -567,7 +643,7 @@ static int one_layout(const sargs *a, kn_backend_t *be, eng_config *c, const cha
     if (a->offload)
         rc = offload(e, layout);
     if (!rc && a->n_streams)
-        rc = throughput(a, e, layout);
+        rc = throughput(a, be, e, layout);
     if (!rc && a->n_rt)
         rc = realtime(a, e, layout, rtb);
     eng_close(e);

@@ -58,8 +58,9 @@ struct eng_engine {
     size_t prev_bytes;
     int tokens_per_frame;
     float sigma[ENG_MAX_STEPS];
-    float *hostf; /* host staging: a chunk's rgb or latent or noise, as floats */
+    float *hostf; /* host staging: a chunk's rgb or latent or noise, as floats (page-locked) */
     size_t hostf_n;
+    kn_buffer_t *hostf_buf;
     uint64_t next_id;
     eng_vocab vocab; /* vocabulary mode when vocab.n > 0 (from the weight file) */
     eng_trace_cb trace;
@@ -269,7 +270,8 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
     e->hostf_n = (size_t)(s[6].rows * s[6].cols);
     if ((size_t)(s[0].rows * s[0].cols) > e->hostf_n)
         e->hostf_n = (size_t)(s[0].rows * s[0].cols);
-    e->hostf = malloc(sizeof(float) * e->hostf_n);
+    e->hostf_buf = kn_host_buffer_alloc(be, sizeof(float) * e->hostf_n);
+    e->hostf = kn_host_buffer_data(e->hostf_buf);
     if (!e->slot_buf || !e->slots || !e->hostf) {
         fail(err, errlen, ENG_ERR_NOMEM, "engine: cannot allocate %d stream slots (%zu bytes each): %s",
              o.max_streams, per, kn_backend_error(be));
@@ -295,7 +297,7 @@ void eng_close(eng_engine_t *e)
     free(e->slots);
     kn_buffer_free(e->be, e->host_state);
     free(e->host_used);
-    free(e->hostf);
+    kn_buffer_free(e->be, e->hostf_buf);
     kn_buffer_free(e->be, e->slot_buf);
     eng_model_free(&e->m);
     kv_pool_free(e->pool);
@@ -639,12 +641,17 @@ static kn_status decode_chunk(eng_stream_t *s)
         return ks;
     int W = eng_video_width(e), H = eng_video_height(e), nf = eng_frames_per_chunk(e);
     size_t hw = (size_t)W * H;
-    for (int f = 0; f < nf; f++)
-        for (size_t p = 0; p < hw; p++)
-            for (int ch = 0; ch < 3; ch++) {
-                float v = e->hostf[((size_t)f * 3 + ch) * hw + p];
-                s->frames_rgb[((size_t)f * hw + p) * 3 + ch] = (uint8_t)lrintf(v * 255.0f);
-            }
+    /* planar [f][c][hw] in [0, 1] (clamped by the decoder) -> interleaved RGB24, rounded to
+     * nearest (ties up); one plane at a time, so the reads stream */
+    for (int f = 0; f < nf; f++) {
+        const float *r = e->hostf + (size_t)f * 3 * hw, *g = r + hw, *b = g + hw;
+        uint8_t *d = s->frames_rgb + (size_t)f * hw * 3;
+        for (size_t p = 0; p < hw; p++) {
+            d[3 * p] = (uint8_t)(int)(r[p] * 255.0f + 0.5f);
+            d[3 * p + 1] = (uint8_t)(int)(g[p] * 255.0f + 0.5f);
+            d[3 * p + 2] = (uint8_t)(int)(b[p] * 255.0f + 0.5f);
+        }
+    }
     s->frames = (eng_frames){
         .stream_id = s->id,
         .chunk = s->chunk,

@@ -101,6 +101,8 @@ kn_buffer_t *kn_host_buffer_alloc(kn_backend_t *be, size_t bytes)
     return b;
 }
 
+void *kn_host_buffer_data(kn_buffer_t *buf) { return buf && buf->host ? buf->ptr : NULL; }
+
 kn_status kn_buffer_copy(kn_backend_t *be, kn_buffer_t *dst, size_t dst_off, const kn_buffer_t *src,
                          size_t src_off, size_t bytes)
 {

@@ -86,6 +86,9 @@ size_t kn_buffer_size(const kn_buffer_t *buf);
  * device <-> host copies from and to it run asynchronously on the backend's stream. On the CPU
  * backend it is plain host memory. Freed by kn_buffer_free. NULL on failure. */
 kn_buffer_t *kn_host_buffer_alloc(kn_backend_t *be, size_t bytes);
+/* The host address of a buffer made by kn_host_buffer_alloc (NULL for device buffers). Copies
+ * between it and the device (kn_upload, kn_download) run at the bus's full rate. */
+void *kn_host_buffer_data(kn_buffer_t *buf);
 /* Copy `bytes` from src at src_off to dst at dst_off (device or host buffers of this backend).
  * Enqueued on the backend's stream in order with the ops: work enqueued before it sees the old
  * contents, work after it the new ones; the host does not wait. */

@@ -811,6 +811,54 @@ static void cu_mem_free(kn_backend_t *be, void *p)
 
 /* Host data (rows*cols of sdt, contiguous) into t: a straight copy when the layouts agree, else
  * the raw bytes into scratch and a converting copy on the device. */
+/* Copy `bytes` of host data into the page-locked staging buffer and return where it now is, for
+ * an asynchronous copy on the stream. The buffer has two halves: moving into a half first waits
+ * for the event recorded when it was last left (the copies from it are done by then; usually long
+ * ago), so the host almost never waits. NULL with *st set on failure. */
+static const void *cu_stage(kn_backend_t *be, const void *src, size_t bytes, kn_status *st)
+{
+    cu_impl *c = cu_of(be);
+    *st = KN_OK;
+    size_t need = (bytes + 255) / 256 * 256;
+    if (need * 2 > c->stage_cap) { /* grow (rare): room for four such copies */
+        if ((*st = cu_check(be, cudaStreamSynchronize(c->stream), "upload staging: sync")) != KN_OK)
+            return NULL;
+        cudaFreeHost(c->stage);
+        c->stage = NULL;
+        size_t cap = need * 4 > ((size_t)16 << 20) ? need * 4 : (size_t)16 << 20;
+        if ((*st = cu_check(be, cudaMallocHost((void **)&c->stage, cap), "upload staging: cudaMallocHost")) != KN_OK) {
+            c->stage_cap = 0;
+            *st = KN_ERR_NOMEM;
+            return NULL;
+        }
+        c->stage_cap = cap;
+        c->stage_pos = 0;
+        c->stage_ev_set[0] = c->stage_ev_set[1] = 0;
+        for (int i = 0; i < 2; i++)
+            if (!c->stage_ev[i] &&
+                (*st = cu_check(be, cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming),
+                                "upload staging: event")) != KN_OK)
+                return NULL;
+    }
+    size_t half = c->stage_cap / 2, cur = c->stage_pos / half;
+    if (c->stage_pos % half + need > half || cur > 1) {
+        if (cur > 1)
+            cur = 1;
+        if ((*st = cu_check(be, cudaEventRecord(c->stage_ev[cur], c->stream), "upload staging: record")) != KN_OK)
+            return NULL;
+        c->stage_ev_set[cur] = 1;
+        size_t nxt = cur ^ 1;
+        if (c->stage_ev_set[nxt] &&
+            (*st = cu_check(be, cudaEventSynchronize(c->stage_ev[nxt]), "upload staging: wait")) != KN_OK)
+            return NULL;
+        c->stage_pos = nxt * half;
+    }
+    char *p = c->stage + c->stage_pos;
+    memcpy(p, src, bytes);
+    c->stage_pos += need;
+    return p;
+}
+
 static kn_status cu_upload(kn_backend_t *be, kn_tensor t, const void *src, kn_dtype sdt)
 {
     cu_impl *c = cu_of(be);
@@ -818,12 +866,16 @@ static kn_status cu_upload(kn_backend_t *be, kn_tensor t, const void *src, kn_dt
     if (n == 0)
         return KN_OK;
     size_t es = esz(sdt);
+    kn_status st = KN_OK;
+    /* small uploads (noise, per-step values) are staged so the host does not wait for the stream;
+     * large ones (weights, at start) go straight from pageable memory */
+    if ((size_t)n * es <= ((size_t)16 << 20) && !(src = cu_stage(be, src, (size_t)n * es, &st)))
+        return st;
     if (sdt == t.dtype)
         return cu_check(be,
                         cudaMemcpy2DAsync(cu_view(t).p, (size_t)t.ld * es, src, (size_t)t.cols * es, (size_t)t.cols * es,
                                           (size_t)t.rows, cudaMemcpyHostToDevice, c->stream),
                         "upload");
-    kn_status st;
     char *s = (char *)cu_scratch(be, (size_t)n * es, &st);
     if (!s)
         return st;
@@ -911,6 +963,10 @@ static void cu_destroy(kn_backend_t *be)
             cublasLtDestroy(c->lt);
         cudaFree(c->blas_ws);
         cudaFree(c->scratch);
+        cudaFreeHost(c->stage);
+        for (int i = 0; i < 2; i++)
+            if (c->stage_ev[i])
+                cudaEventDestroy(c->stage_ev[i]);
         cudaFree(c->dev_pages);
         cudaFreeHost(c->pin_pages);
         if (c->stream)

@@ -41,6 +41,12 @@ typedef struct {
     struct cu_dnn *dnn; /* cuDNN's fused attention (cuda_cudnn_attn.cu), or NULL: our kernels */
     const char *attn_last; /* which path the last kn_attention took (for tests and benchmarks) */
     struct cu_prof *prof;  /* per-op event timing (VMLA_CUDA_PROFILE=1), or NULL */
+    /* page-locked staging for kn_upload (cuda_backend.cu, cu_stage): a copy from pageable memory
+     * would make the driver wait for everything on the stream first */
+    char *stage;
+    size_t stage_cap, stage_pos;
+    cudaEvent_t stage_ev[2];
+    int stage_ev_set[2];
 } cu_impl;
 
 /* Bytes of an element (kernels/backend.c has kn_dtype_size; kept local so vmla_cuda links alone). */
