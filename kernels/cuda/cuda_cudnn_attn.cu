@@ -16,14 +16,16 @@
  *  - unified: one CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR node (cuDNN >= 9.13.1) over Q, K, V,
  *    O and the scale. With a page table (>= 9.15) K and V are "containers" [pages, heads,
  *    page_tokens, d] read through a device page table and sequence lengths: our KV pool as is.
- *    (The GPU machine's cuDNN 9.14 refuses the page-table attributes; the paged mode then takes
- *    the composite form below, and failing that gathers.)
+ *    (The GPU machine's cuDNN 9.14 refuses the page-table attributes, BAD_PARAM; the paged mode
+ *    then takes the composite form below, and failing that gathers.)
  *  - composite: the pattern cuDNN's flash engines match, spelled out as ops:
  *        S = Q K^T (fp32) ; S *= scale ; m = max_t S ; E = exp(S - m) ; l = sum_t E ;
  *        stats = m + log l (virtual) ; P = E / l (bf16) ; O = P V
  *    (cuDNN fuses it into one flash kernel; nothing is materialised). With a page table (>= 9.5)
  *    K^T and V come from two paged-cache-load ops over the containers, with the sequence lengths
- *    as matmul overrides and a padding mask (row < seq_q && col < seq_kv, else -inf) on S.
+ *    as matmul overrides and a padding mask (row < seq_q && col < seq_kv, else -inf) on S. cuDNN
+ *    takes power-of-2 page sizes only ("block size needs to be ... a power of 2"): the engine's
+ *    pages (one latent frame, 1560 tokens) are refused and gathered (bench/RESULTS.md).
  *
  * Tensors are 4-D [batch 1, heads, tokens, d] views with strides, so Q, O and a contiguous KV
  * source are described in place (row stride = ld / row_stride, head stride = d). A paged source
