@@ -585,11 +585,40 @@ static int offload(eng_engine_t *e, const char *layout)
     printf("  %s offload: %.1f MiB of KV (sink %d + window %d frames) to page-locked host memory %.2f ms, back %.2f ms "
            "(median of 5; %.1f GB/s)\n",
            layout, bytes / 1048576.0, c->sink, c->window, o50 * 1e3, r50 * 1e3, 2.0 * bytes / (o50 + r50) / 1e9);
+    /* page span: the same bytes moved as pages of one frame over all layers (the pool's) against
+     * pages of one frame of one layer (layers times as many copies, each layers times smaller) */
+    eng_pool_stats ps;
+    eng_pool_get_stats(e, &ps);
+    double span[2] = {0, 0};
+    kn_buffer_t *dev = kn_buffer_alloc(eng_backend(e), bytes), *host = kn_host_buffer_alloc(eng_backend(e), bytes);
+    if (dev && host) {
+        for (int mode = 0; mode < 2; mode++) {
+            size_t piece = mode ? ps.page_bytes / (size_t)c->layers : ps.page_bytes;
+            size_t pieces = bytes / piece;
+            double t[5];
+            for (int k = 0; k < 5; k++) {
+                eng_sync(e);
+                double t0 = now_s();
+                for (size_t i = 0; i < pieces; i++)
+                    kn_buffer_copy(eng_backend(e), host, i * piece, dev, i * piece, piece);
+                for (size_t i = 0; i < pieces; i++)
+                    kn_buffer_copy(eng_backend(e), dev, i * piece, host, i * piece, piece);
+                eng_sync(e);
+                t[k] = now_s() - t0;
+            }
+            span[mode] = pct(t, 5, 0.5) * 1e3;
+        }
+        printf("  %s page span: round trip to host as %d pages of one frame, all layers: %.2f ms; as %d pages of one "
+               "frame, one layer: %.2f ms\n",
+               layout, ps.pages_per_stream, span[0], ps.pages_per_stream * c->layers, span[1]);
+    }
+    kn_buffer_free(eng_backend(e), dev);
+    kn_buffer_free(eng_backend(e), host);
     jsep();
     if (jf)
         fprintf(jf, "  {\"kind\": \"offload\", \"layout\": \"%s\", \"bytes\": %zu, \"offload_ms\": %.3f, "
-                    "\"restore_ms\": %.3f}",
-                layout, bytes, o50 * 1e3, r50 * 1e3);
+                    "\"restore_ms\": %.3f, \"span_all_layers_ms\": %.3f, \"span_one_layer_ms\": %.3f}",
+                layout, bytes, o50 * 1e3, r50 * 1e3, span[0], span[1]);
     eng_stream_close(s);
     return 0;
 }

@@ -307,6 +307,7 @@ void eng_close(eng_engine_t *e)
 }
 
 const eng_config *eng_get_config(const eng_engine_t *e) { return &e->c; }
+kn_backend_t *eng_backend(const eng_engine_t *e) { return e->be; }
 const char *eng_error(const eng_engine_t *e) { return e->err; }
 int eng_video_width(const eng_engine_t *e) { return eng_model_out_w(&e->m); }
 int eng_video_height(const eng_engine_t *e) { return eng_model_out_h(&e->m); }
@@ -706,13 +707,26 @@ eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n)
     }
     if (nr == 0)
         return ENG_OK;
+    int failed[ENG_MAX_BATCH] = {0}, n_failed = 0;
     if (eng_model_forward(&e->m, it, nr, cache_only) != KN_OK) {
-        for (int i = 0; i < nr; i++)
-            stream_fail(run[i], ENG_ERR_BACKEND, "forward: %s", kn_backend_error(e->be));
-        return fail(e->err, sizeof e->err, ENG_ERR_BACKEND, "forward: %s", kn_backend_error(e->be));
+        /* a failure in a batch is retried stream by stream (the pass only rewrites the chunk's own
+         * KV rows and scratch, so running it again is safe): only a stream that fails alone fails */
+        char first[256];
+        snprintf(first, sizeof first, "%s", kn_backend_error(e->be));
+        for (int i = 0; i < nr; i++) {
+            if (nr > 1 && eng_model_forward(&e->m, &it[i], 1, run[i]->step >= c->n_steps) == KN_OK)
+                continue;
+            stream_fail(run[i], ENG_ERR_BACKEND, "forward: %s", nr > 1 ? kn_backend_error(e->be) : first);
+            failed[i] = 1;
+            n_failed++;
+        }
+        if (n_failed == nr)
+            return fail(e->err, sizeof e->err, ENG_ERR_BACKEND, "forward: %s", first);
     }
     for (int i = 0; i < nr; i++) {
         eng_stream_t *s = run[i];
+        if (failed[i])
+            continue;
         kn_status ks = KN_OK;
         s->passes++;
         if (s->step < c->n_steps) {

@@ -67,6 +67,7 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
 /* Close the engine; open streams must be closed first (they are freed here otherwise). */
 void eng_close(eng_engine_t *e);
 const eng_config *eng_get_config(const eng_engine_t *e); /* the effective config (window, sink) */
+kn_backend_t *eng_backend(const eng_engine_t *e);
 const char *eng_error(const eng_engine_t *e);
 
 int eng_video_width(const eng_engine_t *e);
@@ -129,7 +130,9 @@ void eng_stream_set_noise(eng_stream_t *s, eng_noise_fn fn, void *user);
 
 /* Advance each of n distinct streams by one forward pass. Returns ENG_OK when the batch ran;
  * a stream that cannot run (no pages, frame limit, failed before) is left out of the batch and
- * keeps its own error (eng_stream_status). A backend failure fails every stream in the batch. */
+ * keeps its own error (eng_stream_status). When the batched pass fails on the backend, each
+ * stream's pass is tried again alone: only the streams that fail alone fail (their error on the
+ * stream); ENG_ERR_BACKEND when every stream of the batch failed. */
 eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n);
 /* Wait for the work enqueued on the backend (for timing a step). */
 eng_status eng_sync(eng_engine_t *e);

@@ -50,6 +50,12 @@ void kn_backend_free(kn_backend_t *be)
         be->ops->destroy(be);
 }
 const char *kn_backend_name(const kn_backend_t *be) { return be->ops->name; }
+
+void kn_backend_inject_fault(kn_backend_t *be, int64_t after_ops, int sticky)
+{
+    be->fault_countdown = after_ops < 0 ? 0 : after_ops + 1;
+    be->fault_sticky = sticky != 0;
+}
 const char *kn_backend_error(const kn_backend_t *be) { return be->err; }
 kn_dtype kn_backend_compute_dtype(const kn_backend_t *be) { return be->ops->compute_dtype; }
 
@@ -211,6 +217,10 @@ static int contiguous(kn_tensor t) { return t.ld == t.cols || t.rows <= 1; }
     } while (0)
 #define CALL(op, ...)                                                                             \
     do {                                                                                          \
+        if (be->fault_countdown > 0 && --be->fault_countdown == 0) {                              \
+            be->fault_countdown = be->fault_sticky ? 1 : 0;                                       \
+            return kn_fail(be, KN_ERR_DEVICE, "%s: " #op ": injected fault", be->ops->name);      \
+        }                                                                                         \
         if (!be->ops->op)                                                                         \
             return kn_fail(be, KN_ERR_UNSUPPORTED, "%s: op " #op " not supported", be->ops->name); \
         return be->ops->op(be, __VA_ARGS__);                                                      \

@@ -71,6 +71,9 @@ kn_backend_t *kn_cpu_backend_new(void);
 kn_backend_t *kn_cuda_backend_new(int device, char *err, size_t errlen);
 void kn_backend_free(kn_backend_t *be);
 const char *kn_backend_name(const kn_backend_t *be);
+/* Tests: the op after `after_ops` more ops fails with KN_ERR_DEVICE ("injected fault"); sticky:
+ * every op after it fails too (a broken device). after_ops < 0 turns it off. */
+void kn_backend_inject_fault(kn_backend_t *be, int64_t after_ops, int sticky);
 /* The message of the last failed op on this backend ("" if none). */
 const char *kn_backend_error(const kn_backend_t *be);
 /* The compute dtype this backend prefers for weights and activations (F32 on CPU). */

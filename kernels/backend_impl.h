@@ -63,6 +63,8 @@ struct kn_backend {
     const kn_backend_ops *ops;
     void *impl;
     char err[512];
+    int64_t fault_countdown; /* kn_backend_inject_fault (tests) */
+    int fault_sticky;
 };
 
 /* Record an error message on the backend and return st. */

@@ -256,12 +256,70 @@ static void test_pool_sizing_and_refusals(void)
     eng_close(e);
 }
 
+/* A backend failure inside a batched pass: transient -> every stream goes on (the pass is run
+ * again stream by stream) and the output is unchanged; persistent -> every stream fails with the
+ * message, nothing crashes, every page comes back. */
+static void test_batch_failure(void)
+{
+    printf("backend failure in a batch\n");
+    static float ref[NS][NCH][NLAT], got[NLAT];
+    eng_engine_t *e = open_engine("tiny-test", 3, 3, 0);
+    if (!e)
+        return;
+    for (int k = 0; k < NS; k++) {
+        eng_stream_t *s = NULL;
+        CHECK(eng_stream_open(e, seeds[k], prompts[k], &s) == ENG_OK, "open");
+        for (int c = 0; c < 2 && s; c++) {
+            CHECK(eng_generate_chunk(e, &s, 1) == ENG_OK, "chunk");
+            eng_stream_last_latent(s, ref[k][c], NLAT);
+        }
+        eng_stream_close(s);
+    }
+    eng_stream_t *st[NS];
+    for (int k = 0; k < NS; k++)
+        CHECK(eng_stream_open(e, seeds[k], prompts[k], &st[k]) == ENG_OK, "open %d", k);
+    CHECK(eng_generate_chunk(e, st, NS) == ENG_OK, "first chunk batched");
+    kn_backend_inject_fault(be, 40, 0); /* one op in the middle of the next batched pass fails */
+    CHECK(eng_step(e, st, NS) == ENG_OK, "a transient failure: the step still succeeds (%s)", eng_error(e));
+    CHECK(strstr(kn_backend_error(be), "injected fault") != NULL, "the fault did fire in that step (%s)",
+          kn_backend_error(be));
+    int all_ok = 1;
+    for (int k = 0; k < NS; k++)
+        all_ok &= eng_stream_status(st[k]) == ENG_OK;
+    CHECK(all_ok, "every stream goes on");
+    CHECK(eng_generate_chunk(e, st, NS) == ENG_OK, "second chunk: %s", eng_error(e));
+    double worst = 0;
+    for (int k = 0; k < NS; k++) {
+        eng_stream_last_latent(st[k], got, NLAT);
+        worst = fmax(worst, maxdiff(got, ref[k][1], NLAT));
+    }
+    CHECK(worst < 1e-5, "and the output is what it would have been (%.3g)", worst);
+    kn_backend_inject_fault(be, 10, 1); /* the device is broken from now on */
+    CHECK(eng_step(e, st, NS) == ENG_ERR_BACKEND && strstr(eng_error(e), "injected fault"),
+          "a persistent failure: the step fails with the message: %s", eng_error(e));
+    int all_failed = 1;
+    for (int k = 0; k < NS; k++)
+        all_failed &= eng_stream_status(st[k]) == ENG_ERR_BACKEND && strstr(eng_stream_error(st[k]), "injected");
+    CHECK(all_failed, "every stream of the batch failed with it");
+    CHECK(eng_step(e, st, NS) == ENG_OK, "failed streams are left out afterwards");
+    kn_backend_inject_fault(be, -1, 0);
+    for (int k = 0; k < NS; k++)
+        eng_stream_close(st[k]);
+    CHECK(eng_kv_pool_free_bytes(e) == eng_kv_pool_bytes(e), "every page back");
+    eng_stream_t *s = NULL;
+    CHECK(eng_stream_open(e, 1, "after", &s) == ENG_OK && eng_generate_chunk(e, &s, 1) == ENG_OK,
+          "the engine serves new streams once the device works");
+    eng_stream_close(s);
+    eng_close(e);
+}
+
 int main(void)
 {
     be = kn_cpu_backend_new();
     test_scheduled_equals_alone("tiny-test");
     test_scheduled_equals_alone("tiny-test-mla");
     test_pool_sizing_and_refusals();
+    test_batch_failure();
     kn_backend_free(be);
     return check_done();
 }
