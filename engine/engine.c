@@ -255,8 +255,19 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
         st = ENG_ERR_LOAD;
         goto bad;
     }
+    int rebuild = o.mla_attention == ENG_MLA_REBUILD;
+    if (o.mla_attention == ENG_MLA_AUTO) {
+        const char *env = getenv("VMLA_MLA");
+        if (env && *env && strcmp(env, "absorb") && strcmp(env, "rebuild")) {
+            fail(err, errlen, ENG_ERR_ARG, "engine: VMLA_MLA='%s': expected absorb or rebuild", env);
+            goto bad;
+        }
+        /* measured (bench/RESULTS.md): on the GPU rebuilding is faster (cuDNN runs the per-head
+         * shape faster than the latent one); on the CPU absorbing is */
+        rebuild = env && *env ? !strcmp(env, "rebuild") : kn_backend_compute_dtype(be) != KN_F32;
+    }
     if (eng_model_init(&e->m, c, be, &e->w, NULL, o.max_batch, c->chunk_frames, c->latent_h,
-                       c->latent_w, err, errlen)) {
+                       c->latent_w, rebuild, err, errlen)) {
         st = ENG_ERR_NOMEM;
         goto bad;
     }
@@ -307,6 +318,7 @@ void eng_close(eng_engine_t *e)
 }
 
 const eng_config *eng_get_config(const eng_engine_t *e) { return &e->c; }
+int eng_mla_rebuild(const eng_engine_t *e) { return e->m.mla_rebuild; }
 kn_backend_t *eng_backend(const eng_engine_t *e) { return e->be; }
 const char *eng_error(const eng_engine_t *e) { return e->err; }
 int eng_video_width(const eng_engine_t *e) { return eng_model_out_w(&e->m); }

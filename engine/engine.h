@@ -54,10 +54,16 @@ typedef struct {
                                 weights and activations are allocated */
     size_t host_kv_bytes;  /* page-locked host tier for offloaded streams' pages (0: none) */
     int page_tokens;       /* tokens a page (0: one latent frame); must divide a frame's tokens */
+    int mla_attention;     /* MLA layout: ENG_MLA_AUTO (env VMLA_MLA=absorb|rebuild, else the
+                              faster for the backend, docs/MODEL.md §5b), ENG_MLA_ABSORB, ENG_MLA_REBUILD */
     kn_dtype kv_dtype;     /* storage of the KV pool (default F32 on CPU: 0) */
 } eng_options;
 
+enum { ENG_MLA_AUTO = 0, ENG_MLA_ABSORB = 1, ENG_MLA_REBUILD = 2 };
+
 void eng_options_default(eng_options *o);
+/* Whether this engine's MLA attention rebuilds per-head keys/values (1) or absorbs (0). */
+int eng_mla_rebuild(const eng_engine_t *e);
 
 /* Open an engine on backend `be` (borrowed; must outlive the engine). Loads or draws the
  * weights, allocates the KV pool and every activation. On failure *out = NULL and err holds the

@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/model.h"
@@ -55,8 +56,13 @@ static int acts(eng_model *m, act *a)
         A(ckv, Nt, c->d_c);
         A(kr, Nt, c->d_r);
         A(qt, Nt, H * c->d_c);
-        A(qa, Nt, H * (c->d_c + c->d_r));
+        A(qa, Nt, H * ((c->d_c > dh ? c->d_c : dh) + c->d_r));
         A(olat, Nt, H * c->d_c);
+        if (m->mla_rebuild) {
+            int64_t tmax = (int64_t)(c->sink + c->window) * (m->h / 2) * (m->wd / 2);
+            A(lat_tmp, tmax, c->d_c + c->d_r);
+            A(kvr, tmax, H * (dh + c->d_r) + H * dh);
+        }
     }
     A(ctx_in, c->text_len, c->text_dim);
     A(ctx_h, c->text_len, D);
@@ -71,10 +77,51 @@ static int acts(eng_model *m, act *a)
     return n;
 }
 
+/* The rebuild weights of every layer: kw = per head [k_up_h 0; 0 I_dr], so that one GEMM of the
+ * latent rows [c | k_r] gives each head's key [k_c,h | k_r] side by side (the zeros and ones are
+ * exact in every dtype, so the result is that of the separate products). */
+static int init_rebuild(eng_model *m, char *err, size_t errlen)
+{
+    const eng_config *c = m->c;
+    int H = c->heads, dh = c->head_dim, dc = c->d_c, dr = c->d_r, L = c->layers;
+    int64_t rows = (int64_t)H * (dh + dr), cols = dc + dr;
+    kn_dtype dt = kn_backend_compute_dtype(m->be);
+    size_t per = kn_arena_bytes(dt, rows, cols);
+    m->kw = calloc((size_t)L, sizeof *m->kw);
+    float *host = calloc((size_t)(rows * cols), sizeof(float));
+    m->kw_buf = m->kw && host ? kn_buffer_alloc(m->be, per * (size_t)L) : NULL;
+    if (!m->kw_buf) {
+        free(host);
+        snprintf(err, errlen, "MLA rebuild weights: cannot allocate %zu bytes", per * (size_t)L);
+        return -1;
+    }
+    for (int h = 0; h < H; h++) /* the identity blocks */
+        for (int r = 0; r < dr; r++)
+            host[((int64_t)h * (dh + dr) + dh + r) * cols + dc + r] = 1.0f;
+    kn_arena a;
+    kn_arena_init(&a, m->kw_buf);
+    kn_status st = KN_OK;
+    for (int l = 0; l < L && st == KN_OK; l++) {
+        kn_arena_tensor(&a, &m->kw[l], dt, rows, cols); /* sized above */
+        st = kn_upload(m->be, m->kw[l], host, KN_F32);
+        for (int h = 0; h < H && st == KN_OK; h++)
+            st = kn_copy(m->be, kn_cols(kn_rows(m->kw[l], (int64_t)h * (dh + dr), dh), 0, dc),
+                         kn_rows(m->w->blocks[l].k_up, (int64_t)h * dh, dh));
+    }
+    free(host);
+    if (st != KN_OK) {
+        snprintf(err, errlen, "MLA rebuild weights: %s", kn_backend_error(m->be));
+        return -1;
+    }
+    return 0;
+}
+
 int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const eng_weights *w,
-                   kv_pool_t *pool, int max_batch, int F, int h, int wd, char *err, size_t errlen)
+                   kv_pool_t *pool, int max_batch, int F, int h, int wd, int mla_rebuild, char *err,
+                   size_t errlen)
 {
     memset(m, 0, sizeof *m);
+    m->mla_rebuild = c->layout == ENG_LAYOUT_MLA && mla_rebuild;
     m->c = c;
     m->be = be;
     m->w = w;
@@ -124,6 +171,10 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
         eng_model_free(m);
         return -1;
     }
+    if (m->mla_rebuild && init_rebuild(m, err, errlen)) {
+        eng_model_free(m);
+        return -1;
+    }
     return 0;
 }
 
@@ -132,6 +183,11 @@ void eng_model_free(eng_model *m)
     if (m->buf)
         kn_buffer_free(m->be, m->buf);
     m->buf = NULL;
+    if (m->kw_buf)
+        kn_buffer_free(m->be, m->kw_buf);
+    m->kw_buf = NULL;
+    free(m->kw);
+    m->kw = NULL;
 }
 
 static const kn_tensor *bias(const eng_linear *l) { return l->b.buf ? &l->b : NULL; }
@@ -145,6 +201,28 @@ static void trace(eng_model *m, const char *name, kn_tensor t)
 {
     if (m->trace)
         m->trace(m->trace_user, name, m->be, t);
+}
+
+/* dst [R, H*(a+b)] (contiguous) = per head [x_h | y_h] from x [R, H*a] and y [R, H*b]: two copies
+ * through views of H*R rows when the sources are contiguous, per head otherwise. */
+static kn_status heads_interleave(kn_backend_t *be, kn_tensor dst, int H, kn_tensor x, int64_t a, kn_tensor y,
+                                  int64_t b)
+{
+    int64_t R = dst.rows;
+    if (dst.ld == dst.cols && x.ld == x.cols && y.ld == y.cols) {
+        size_t es = kn_dtype_size(dst.dtype);
+        kn_tensor d1 = {.buf = dst.buf, .off = dst.off, .dtype = dst.dtype, .rows = R * H, .cols = a, .ld = a + b};
+        kn_tensor d2 = d1;
+        d2.off += (size_t)a * es;
+        d2.cols = b;
+        TRY(kn_copy(be, d1, kn_reshape(x, R * H, a)));
+        return kn_copy(be, d2, kn_reshape(y, R * H, b));
+    }
+    for (int h = 0; h < H; h++) {
+        TRY(kn_copy(be, kn_cols(dst, (int64_t)h * (a + b), a), kn_cols(x, (int64_t)h * a, a)));
+        TRY(kn_copy(be, kn_cols(dst, (int64_t)h * (a + b) + a, b), kn_cols(y, (int64_t)h * b, b)));
+    }
+    return KN_OK;
 }
 
 /* ---- self-attention ----------------------------------------------------------------------------
@@ -188,7 +266,7 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     int dc = c->d_c, dr = c->d_r;
     kn_tensor qc = kn_cols(kn_rows(m->q, 0, Nt), 0, (int64_t)H * dh);
     kn_tensor qr = kn_rows(m->qr, 0, Nt), ckv = kn_rows(m->ckv, 0, Nt), kr = kn_rows(m->kr, 0, Nt);
-    kn_tensor qt = kn_rows(m->qt, 0, Nt), qa = kn_rows(m->qa, 0, Nt), olat = kn_rows(m->olat, 0, Nt);
+    kn_tensor qt = kn_rows(m->qt, 0, Nt), qa, olat = kn_rows(m->olat, 0, Nt);
     TRY(linear(m, qc, xn, &B->q));
     TRY(kn_rmsnorm(be, qc, qc, B->norm_q, c->eps));
     TRY(linear(m, qr, xn, &B->q_rope));
@@ -197,15 +275,21 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     TRY(kn_rmsnorm(be, ckv, ckv, B->norm_kv, c->eps));
     TRY(linear(m, kr, xn, &B->k_rope));
     TRY(kn_rmsnorm(be, kr, kr, B->norm_k_rope, c->eps));
-    TRY(kn_matmul_heads(be, qt, qc, B->k_up, H, KN_HEADS_XW)); /* [Nt, H*dc] */
     for (int b = 0; b < n; b++) {
         TRY(kn_rope3d(be, kn_rows(qr, (int64_t)b * N, N), H, it[b].f0, m->F, gh, gw, c->rope_theta));
         TRY(kn_rope3d(be, kn_rows(kr, (int64_t)b * N, N), 1, it[b].f0, m->F, gh, gw, c->rope_theta));
     }
-    for (int h = 0; h < H; h++) { /* qa[:, h] = [q~_h | q_r,h] */
-        TRY(kn_copy(be, kn_cols(qa, (int64_t)h * (dc + dr), dc), kn_cols(qt, (int64_t)h * dc, dc)));
-        TRY(kn_copy(be, kn_cols(qa, (int64_t)h * (dc + dr) + dc, dr), kn_cols(qr, (int64_t)h * dr, dr)));
-    }
+    /* the query, per head [q_lat,h | q_r,h]: q_lat,h = q_c,h @ k_up[h rows] (absorb, dc wide) or
+     * q_c,h itself (rebuild, dh wide) */
+    int dq = m->mla_rebuild ? dh : dc;
+    if (!m->mla_rebuild)
+        TRY(kn_matmul_heads(be, qt, qc, B->k_up, H, KN_HEADS_XW)); /* [Nt, H*dc] */
+    kn_tensor qsrc = m->mla_rebuild ? qc : qt;
+    /* qa as a contiguous [Nt, H*(dq+dr)] (its allocation fits the wider of the two layouts) */
+    qa = (kn_tensor){.buf = m->qa.buf, .off = m->qa.off, .dtype = m->qa.dtype, .rows = Nt,
+                     .cols = (int64_t)H * (dq + dr), .ld = (int64_t)H * (dq + dr)};
+    TRY(heads_interleave(be, qa, H, qsrc, dq, qr, dr));
+    kn_tensor att = kn_cols(kn_rows(m->att, 0, Nt), 0, (int64_t)H * dh);
     for (int b = 0; b < n; b++) {
         kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
         kv.kv_heads = 1;
@@ -216,11 +300,40 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         int64_t t0 = kv_stream_context_tokens(it[b].cache);
         TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(ckv, (int64_t)b * N, N)));
         TRY(kn_kv_store(be, &kv, t0, dc, kn_rows(kr, (int64_t)b * N, N)));
-        TRY(kn_attention(be, kn_rows(olat, (int64_t)b * N, N), kn_rows(qa, (int64_t)b * N, N), &kv, H,
-                         1.0f / sqrtf((float)(dh + dr))));
+        kn_tensor qb = kn_rows(qa, (int64_t)b * N, N);
+        float scale = 1.0f / sqrtf((float)(dh + dr));
+        if (!m->mla_rebuild) { /* multi-query attention in the latent, then v_up per head */
+            TRY(kn_attention(be, kn_rows(olat, (int64_t)b * N, N), qb, &kv, H, scale));
+            continue;
+        }
+        /* rebuild: gather the window's latent rows, then per-head keys [k_c,h | k_r] and values
+         * with two GEMMs, and attend over them as per-head attention */
+        int64_t T = kv.n_tokens, pt = kv.page_tokens;
+        for (int64_t p = 0; p * pt < T; p++) {
+            kn_tensor page = {.buf = kv.buf, .dtype = kv.dtype, .rows = pt, .cols = dc + dr, .ld = kv.row_stride,
+                              .off = kv.off + (size_t)kv.pages[p] * (size_t)kv.page_stride * kn_dtype_size(kv.dtype)};
+            TRY(kn_copy(be, kn_rows(m->lat_tmp, p * pt, pt), page));
+        }
+        kn_tensor lat = kn_rows(m->lat_tmp, 0, T), kvr = kn_rows(m->kvr, 0, T);
+        int64_t kw_cols = (int64_t)H * (dh + dr);
+        TRY(kn_linear(be, kn_cols(kvr, 0, kw_cols), lat, m->kw[layer], NULL));
+        TRY(kn_linear(be, kn_cols(kvr, kw_cols, (int64_t)H * dh), kn_cols(lat, 0, dc), B->v_up, NULL));
+        kn_kv rk;
+        memset(&rk, 0, sizeof rk);
+        rk.buf = kvr.buf;
+        rk.dtype = kvr.dtype;
+        rk.off = kvr.off;
+        rk.row_stride = kvr.ld;
+        rk.n_tokens = T;
+        rk.kv_heads = H;
+        rk.dk = dh + dr;
+        rk.dv = dh;
+        rk.k_off = 0;
+        rk.v_off = kw_cols;
+        TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), qb, &rk, H, scale));
     }
-    kn_tensor att = kn_cols(kn_rows(m->att, 0, Nt), 0, (int64_t)H * dh);
-    TRY(kn_matmul_heads(be, att, olat, B->v_up, H, KN_HEADS_XWT)); /* [Nt, H*dh] */
+    if (!m->mla_rebuild)
+        TRY(kn_matmul_heads(be, att, olat, B->v_up, H, KN_HEADS_XWT)); /* [Nt, H*dh] */
     return linear(m, out, att, &B->o);
 }
 

@@ -35,6 +35,11 @@ typedef struct {
     kn_tensor sin, e_h, e, es, e0, mod, hmod; /* per stream: [B, .] ; mod [B*6, D]; hmod [B*2, D] */
     kn_tensor tok, x, xn, q, k, v, att, y, ff, hout;
     kn_tensor qr, ckv, kr, qt, qa, olat; /* MLA */
+    int mla_rebuild;   /* MLA attention: 1 rebuild per-head K/V from the latent window, 0 absorb */
+    kn_tensor lat_tmp; /* rebuild: [T_max, dc+dr] the window's latent rows, gathered */
+    kn_tensor kvr;     /* rebuild: [T_max, H*(dh+dr) + H*dh] per-head keys | values */
+    kn_buffer_t *kw_buf;
+    kn_tensor *kw;     /* rebuild, per layer: [H*(dh+dr), dc+dr] = per head [k_up_h 0; 0 I_dr] */
     kn_tensor ctx_in, ctx_h, ctx;        /* [text_len, .] */
     kn_tensor zero_row;                  /* [1, text_dim] of zeros */
     /* decoder */
@@ -46,7 +51,8 @@ typedef struct {
 /* Carve the activations for batches of up to max_batch chunks of F frames of h x w latents.
  * Returns 0 or -1 with a message. */
 int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const eng_weights *w,
-                   kv_pool_t *pool, int max_batch, int F, int h, int wd, char *err, size_t errlen);
+                   kv_pool_t *pool, int max_batch, int F, int h, int wd, int mla_rebuild, char *err,
+                   size_t errlen);
 void eng_model_free(eng_model *m);
 
 /* One forward for n streams. Writes each chunk's keys/values (or latents) into its pages.
