@@ -6,7 +6,10 @@
 # Builds vmla-bench only (CUDA on, FFmpeg and server off, sm_90a), then:
 #   480x832 (latent 60x104): residency in a 40 GB pool, offload, throughput N = 1,2,4,8
 #   240x416 (latent 30x52):  residency, offload, throughput N = 1..32, real-time admission
-# Environment: VMLA_SERVE_FULL / VMLA_SERVE_PREVIEW override the argument lists.
+# Environment: VMLA_SERVE_FULL / VMLA_SERVE_PREVIEW override the argument lists (empty: skip);
+#   VMLA_GPU_ALL=1 first also runs the parity test (vmla-test-backend), the chunk benchmark with the
+#   MLA layout absorbing and rebuilding (vmla-bench-gpu, one process each) and the PyTorch peer
+#   (bench/peer.py), so every figure of a session comes from one command on one machine.
 set -uo pipefail
 OUT=${OUT:-$PWD/out-serve}
 mkdir -p "$OUT"
@@ -15,17 +18,48 @@ if ! pkg-config --exists jansson openblas 2>/dev/null; then
     export PKG_CONFIG_PATH=/tmp/vmla-deps/lib/pkgconfig LD_LIBRARY_PATH=/tmp/vmla-deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export PATH=/tmp/vmla-deps/bin:$PATH
 fi
+# ---- cuDNN (optional): the header for the build, the library for the run (dlopen) ---------------
+CUDNN_ARGS=()
+if [ ! -f /usr/local/cuda/include/cudnn_graph.h ]; then
+    for d in "$PWD/.gpudeps/cudnn/include" $(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__) + "/include")' 2>/dev/null); do
+        if [ -f "$d/cudnn_graph.h" ]; then CUDNN_ARGS=(-DVMLA_CUDNN_INCLUDE_DIR="$d"); break; fi
+    done
+fi
+CUDNN_LIB=$(ldconfig -p 2>/dev/null | awk '/libcudnn\.so\.9 /{print $NF; exit}')
+if [ -z "$CUDNN_LIB" ]; then
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib $(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__) + "/lib")' 2>/dev/null); do
+        if [ -f "$d/libcudnn.so.9" ]; then CUDNN_LIB=$d/libcudnn.so.9; break; fi
+    done
+fi
+if [ -n "$CUDNN_LIB" ]; then
+    export LD_LIBRARY_PATH=$(dirname "$CUDNN_LIB")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export VMLA_CUDNN_LIB=${VMLA_CUDNN_LIB:-$CUDNN_LIB}
+fi
+echo "cudnn: header args '${CUDNN_ARGS[*]:-/usr/local/cuda/include}', library '${CUDNN_LIB:-none}'"
+export VMLA_CUDNN_VERBOSE=${VMLA_CUDNN_VERBOSE:-1}
 t0=$(date +%s)
 cmake -S . -B build-serve -G "$(command -v ninja >/dev/null && echo Ninja || echo 'Unix Makefiles')" \
     -DCMAKE_BUILD_TYPE=Release -DVMLA_CUDA=ON -DVMLA_FFMPEG=OFF -DVMLA_SERVER=OFF \
-    -DVMLA_CUDA_ARCHS=90a-real >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build build-serve -j16 --target vmla-bench >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "built in $(( $(date +%s) - t0 )) s"
+    -DVMLA_CUDA_ARCHS=90a-real "${CUDNN_ARGS[@]}" >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+TARGETS="vmla-bench"
+[ "${VMLA_GPU_ALL:-0}" = 1 ] && TARGETS="vmla-bench vmla-bench-gpu vmla-test-backend"
+cmake --build build-serve -j16 --target $TARGETS >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "built in $(( $(date +%s) - t0 )) s"; grep -E 'vmla: cuDNN' "$OUT/configure.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-FULL=${VMLA_SERVE_FULL:---latent-h 60 --latent-w 104 --pool-gb 40 --streams 1,2,4,8 --chunks 2}
-PREV=${VMLA_SERVE_PREVIEW:---latent-h 30 --latent-w 52 --pool-gb 40 --streams 1,2,4,8,16,32 --chunks 3 --rt-streams 8,16,32 --rt-seconds 6 --rt-gap 0.1}
-timeout 300 build-serve/vmla-bench serve --preset wan-1.3b --device cuda $FULL --json "$OUT/serve-480x832.json" \
-    2>&1 | tee "$OUT/serve-480x832.log"
-timeout 300 build-serve/vmla-bench serve --preset wan-1.3b --device cuda $PREV --json "$OUT/serve-240x416.json" \
-    2>&1 | tee "$OUT/serve-240x416.log"
+if [ "${VMLA_GPU_ALL:-0}" = 1 ]; then
+    VMLA_SOURCE_DIR=$PWD VMLA_BUILD_DIR=$PWD/build-serve timeout 200 build-serve/vmla-test-backend >"$OUT/test_backend.log" 2>&1
+    echo "parity: exit $? ($(tail -1 "$OUT/test_backend.log"))"
+    for m in absorb rebuild; do
+        VMLA_MLA=$m VMLA_CUDA_PROFILE=1 timeout 200 build-serve/vmla-bench-gpu --no-gemm --chunks 5 --attn cudnn \
+            --preset wan-1.3b --preset wan-1.3b-mla >"$OUT/chunk-$m.log" 2>&1
+        echo "chunk benchmark, MLA $m: exit $?"; grep -E "median|frames/s|idle|ratio" "$OUT/chunk-$m.log" | head -12
+    done
+    timeout 200 python3 bench/peer.py --chunks 6 >"$OUT/peer.log" 2>&1; echo "peer: exit $?"; cat "$OUT/peer.log"
+fi
+FULL=${VMLA_SERVE_FULL-"--latent-h 60 --latent-w 104 --pool-gb 40 --streams 1,2,4,8 --chunks 2"}
+PREV=${VMLA_SERVE_PREVIEW-"--latent-h 30 --latent-w 52 --pool-gb 40 --streams 1,2,4,8,16,32 --chunks 3 --rt-streams 8,16,32 --rt-seconds 6 --rt-gap 0.1"}
+[ -n "$FULL" ] && VMLA_CUDA_PROFILE=1 timeout 300 build-serve/vmla-bench serve --preset wan-1.3b --device cuda $FULL \
+    --json "$OUT/serve-480x832.json" 2>&1 | tee "$OUT/serve-480x832.log"
+[ -n "$PREV" ] && VMLA_CUDA_PROFILE=1 timeout 300 build-serve/vmla-bench serve --preset wan-1.3b --device cuda $PREV \
+    --json "$OUT/serve-240x416.json" 2>&1 | tee "$OUT/serve-240x416.log"
 echo "total $(( $(date +%s) - t0 )) s"
