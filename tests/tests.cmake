@@ -43,7 +43,8 @@ if(NOT VMLA_FUZZ)
       endif()
       add_test(NAME eval_${layout} COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tools/eval/evaluate.py
                --gen $<TARGET_FILE:vmla-gen> --preset ${p} --model ${CMAKE_SOURCE_DIR}/models/${f}
-               --held 6 --seen 2 --seconds 60 --json ${CMAKE_BINARY_DIR}/eval-${layout}.json)
+               --held 8 --seen 2 --short-held 16 --short-seen 4 --seconds 60
+               --json ${CMAKE_BINARY_DIR}/eval-${layout}.json)
       set_tests_properties(eval_${layout} PROPERTIES LABELS eval TIMEOUT 1200)
     endforeach()
   endif()

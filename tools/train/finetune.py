@@ -9,7 +9,13 @@ Batches alternate: (a) chunk 0 alone (no context), (b) every --every-k2 steps, c
 with chunk 0's clean cache pass as chunk 1's context (the exact cache mask of train_dit.py,
 compacted to the slots those chunks need). Same noise levels and v-target as train_dit.py.
 The start is the centre +- --jitter px (data.sample_params(start=...)); size, speed, colours,
-shape, direction, caption as in pre-training. Writes an EMA of the weights, exported (BF16), to
+shape, direction, caption as in pre-training (--data v2: data.RECIPES' size and speed ranges).
+With --late-batch N the steps cycle chunk 0, N late sequences (train_dit's sequences of two noisy
+chunks n0, n0+1, n0 uniform in 1..85, with their sink + window context), chunk 0, chunks 0+1:
+fine-tuning on first chunks alone lets the later chunks drift (objects vanish after ~2 s; seen in
+decoded frames). --self-ctx P: a fraction P of the context-carrying sequences train on context the
+model reconstructed itself (train_dit.self_context); --obj-weight W: loss weight 1 + W on the
+latent pixels the object touches (train_dit.loss_fn). Writes an EMA of the weights, exported (BF16), to
 --export at every save and at the end, and a resumable checkpoint OUT/ckpt.pt.
 """
 
@@ -48,6 +54,11 @@ def main():
     ap.add_argument("--jitter", type=float, default=2.0)
     ap.add_argument("--data", choices=sorted(D.RECIPES), default="v1",
                     help="size and speed ranges of data.RECIPES (the start is always centre +- jitter)")
+    ap.add_argument("--late-batch", type=int, default=0,
+                    help="sequences of later chunks every 4th step (0: none; then every --every-k2 "
+                         "steps chunks 0+1)")
+    ap.add_argument("--obj-weight", type=float, default=0.0,
+                    help="extra loss weight on the latent pixels the object touches (train_dit.loss_fn)")
     ap.add_argument("--self-ctx", type=float, default=0.0,
                     help="fraction of the chunks 0+1 sequences on self-reconstructed context")
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -84,19 +95,25 @@ def main():
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"]); step = ck["step"]
         rng.bit_generator.state = ck["rng"]; torch.set_rng_state(ck["torch_rng"])
+        print("resumed at step %d" % step, flush=True)
     rec = D.RECIPES[a.data]
     b1 = T.Batcher(enc, dec.latent_mean, dec.latent_std, dev, K=1, p_first=1.0, ctx_noise=0.0,
                    amp=False, start=a.jitter, compact=True, size_range=rec["size"],
-                   speed_range=rec["speed"])
+                   speed_range=rec["speed"], obj_weight=a.obj_weight)
     b2 = T.Batcher(enc, dec.latent_mean, dec.latent_std, dev, K=2, p_first=1.0, ctx_noise=0.1,
                    amp=False, start=a.jitter, compact=True, size_range=rec["size"],
-                   speed_range=rec["speed"])
+                   speed_range=rec["speed"], obj_weight=a.obj_weight)
+    # late sequences: train_dit's sequences of 2 noisy chunks n0, n0+1 with n0 uniform in
+    # 1..85 and their sink + window context (not compacted), as in the GPU training
+    b3 = T.Batcher(enc, dec.latent_mean, dec.latent_std, dev, K=2, p_first=0.0, ctx_noise=0.1,
+                   amp=False, start=a.jitter, compact=False, size_range=rec["size"],
+                   speed_range=rec["speed"], obj_weight=a.obj_weight)
     log = open(os.path.join(a.out, "log.txt"), "a")
 
     def say(msg):
         print(msg, flush=True)
         log.write(msg + "\n"); log.flush()
-    say("finetune %s from %s: args %s" % (a.layout, a.init, json.dumps(vars(a))))
+    say("finetune %s from %s (step %d): args %s" % (a.layout, a.init, step, json.dumps(vars(a))))
     t0 = time.time(); last = t0
     avg = {}
 
@@ -105,7 +122,8 @@ def main():
         if a.export:
             E.export(ema.state_dict(), dec.state_dict(), a.layout, a.export,
                      training="%s; then CPU fine-tune on centre-start first chunks (data %s, "
-                     "self-ctx %g), step %d" % (E.TRAINING_NOTE, a.data, a.self_ctx, step))
+                     "self-ctx %g, object weight %g), step %d" % (E.TRAINING_NOTE, a.data, a.self_ctx,
+                                                          a.obj_weight, step))
     while True:
         if a.steps and step >= a.steps:
             break
@@ -114,9 +132,17 @@ def main():
         lr = a.lr * min(1.0, (step + 1) / 50)
         for g in opt.param_groups:
             g["lr"] = lr
-        k2 = a.every_k2 and step % a.every_k2 == a.every_k2 - 1
-        b = (b2 if k2 else b1)(rng, a.batch_k2 if k2 else a.batch)
-        if k2 and a.self_ctx > 0:
+        late = False
+        if a.late_batch:
+            # cycle of 4: chunk 0, late sequence, chunk 0, chunks 0+1
+            late, k2 = step % 4 == 1, step % 4 == 3
+        else:
+            k2 = a.every_k2 and step % a.every_k2 == a.every_k2 - 1
+        if late:
+            b = b3(rng, a.late_batch)
+        else:
+            b = (b2 if k2 else b1)(rng, a.batch_k2 if k2 else a.batch)
+        if (k2 or late) and a.self_ctx > 0:
             b = T.self_context(model, b, rng, a.self_ctx, False)
         loss, err = T.loss_fn(model, b, False)
         opt.zero_grad(set_to_none=True)
@@ -128,11 +154,12 @@ def main():
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.mul_(d).add_(pm.detach(), alpha=1.0 - d)
-        key = "k2" if k2 else "c0"
+        key = "late" if late else ("k2" if k2 else "c0")
         avg[key] = float(loss) if key not in avg else 0.95 * avg[key] + 0.05 * float(loss)
         if step % 20 == 0 or step == 1:
-            say("%s ft step %d loss %.4f | avg chunk0-only %.4f chunks0+1 %.4f | %.0fs" % (
-                a.layout, step, float(loss), avg.get("c0", 0), avg.get("k2", 0), time.time() - t0))
+            say("%s ft step %d loss %.4f | avg chunk0-only %.4f chunks0+1 %.4f late %.4f | %.0fs" % (
+                a.layout, step, float(loss), avg.get("c0", 0), avg.get("k2", 0), avg.get("late", 0),
+                time.time() - t0))
         if time.time() - last > a.save_every:
             dump(); last = time.time()
     dump()

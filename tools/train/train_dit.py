@@ -17,6 +17,10 @@ Recipe (why: models/README.md):
   * the clean context slots get Gaussian noise (std up to --ctx-noise, half the sequences) at
     t = 0, so the model tolerates its own imperfect latents in the cache over long rollouts;
   * AdamW, warm-up then cosine, bf16 autocast, grad clip 1, EMA of the weights (exported).
+Options of the later runs (models/README.md): --init FILE starts from an exported model, --data v2
+the data recipe of data.RECIPES, --self-ctx P trains a fraction P of the sequences on context the
+model reconstructed itself (self_context). finetune.py adds --obj-weight (loss weight on the
+object's latent pixels, in Batcher/loss_fn here).
 With --seconds and no --steps, the step count is fixed after 30 timed steps (printed: pass it as
 --steps to reproduce the schedule). Checkpoints (weights, EMA, optimiser, step, RNG) go to
 OUT/<layout>/ckpt.pt every --save-every seconds and at the end; --resume continues from there.
@@ -62,7 +66,7 @@ class Batcher:
 
     def __init__(self, enc, mean, std, device, K=3, p_first=0.3, max_chunk=85, ctx_noise=0.1,
                  amp=True, start=None, compact=False, size_range=D.SIZE_RANGE,
-                 speed_range=D.SPEED_RANGE):
+                 speed_range=D.SPEED_RANGE, obj_weight=0.0):
         self.enc, self.device, self.K = enc, device, K
         self.mean = mean.view(1, -1, 1, 1).to(device)
         self.std = std.view(1, -1, 1, 1).to(device)
@@ -73,6 +77,7 @@ class Batcher:
         self.start = start            # data.sample_params(start=...): None = uniform start
         self.compact = compact        # drop invalid slots (all sequences must share one n0)
         self.size_range, self.speed_range = size_range, speed_range
+        self.obj_weight = obj_weight  # extra loss weight on the object's latent pixels (loss_fn)
 
     def __call__(self, rng, B):
         dev = self.device
@@ -97,6 +102,15 @@ class Batcher:
             with autocast(self.amp):
                 r = self.enc(x.flatten(0, 1))
             z = ((r.float() - self.mean) / self.std).view(B, S, -1, 12, 12).permute(0, 2, 1, 3, 4)
+            obj = None
+            if self.obj_weight:
+                # latent pixels the object touches (in any of the 4 frames), grown by one pixel
+                bgc = self.rend.tables[0][torch.as_tensor(p["background"], device=dev)] * 2.0 - 1.0
+                diff = (x.view(B, S, 4, 3, 96, 96) - bgc[:, None, None, :, None, None]).abs()
+                hit = (diff.amax(dim=(2, 3)) > 0.1).float()                   # [B, S, 96, 96]
+                hit = torch.nn.functional.max_pool2d(hit.view(B * S, 1, 96, 96), 8)
+                hit = torch.nn.functional.max_pool2d(hit, 3, stride=1, padding=1)
+                obj = hit.view(B, 1, S, 12, 12)
         noisy = torch.as_tensor(lay["noisy"], device=dev)
         valid = torch.as_tensor(lay["valid"], device=dev)
         # one sigma per noisy chunk (slots of a chunk share it)
@@ -114,7 +128,7 @@ class Batcher:
         target = eps - z
         t = sig * 1000.0
         w = (noisy & valid).float()                                          # loss weight per slot
-        return {"lat": lat, "z": z, "t": t, "frame": frames, "mask": torch.as_tensor(lay["mask"], device=dev),
+        return {"lat": lat, "z": z, "obj": obj, "obj_weight": self.obj_weight, "t": t, "frame": frames, "mask": torch.as_tensor(lay["mask"], device=dev),
                 "ids": torch.as_tensor(p["tokens"], device=dev), "target": target, "w": w,
                 "sig": sig, "first": torch.as_tensor(n0 == 0, device=dev)}
 
@@ -154,7 +168,13 @@ def self_context(model, b, rng, frac, amp, lo=0.35, hi=0.75):
 def loss_fn(model, b, amp):
     with autocast(amp):
         v = model(b["lat"], b["t"], b["frame"], b["mask"], b["ids"])
-    err = ((v.float() - b["target"]) ** 2).mean(dim=(1, 3, 4))              # [B, S]
+    e2 = (v.float() - b["target"]) ** 2                                     # [B, C, S, h, w]
+    if b.get("obj") is not None and b.get("obj_weight"):
+        # weight 1 + obj_weight on the latent pixels the object touches, normalised per slot
+        pw = 1.0 + b["obj_weight"] * b["obj"]
+        err = (e2 * pw).mean(dim=(1, 3, 4)) / pw.mean(dim=(1, 3, 4))
+    else:
+        err = e2.mean(dim=(1, 3, 4))                                        # [B, S]
     loss = (err * b["w"]).sum() / b["w"].sum()
     return loss, err.detach()
 
