@@ -54,7 +54,8 @@ static void viewer_fail(srv_viewer *v, const char *code, const char *msg)
         }
     }
     v->close_code = 1008;
-    snprintf(v->close_reason, sizeof v->close_reason, "%s", msg);
+    /* a close reason is short (RFC 6455: 123 bytes at most): cut on purpose */
+    snprintf(v->close_reason, sizeof v->close_reason, "%.*s", (int)sizeof v->close_reason - 1, msg);
 }
 
 static void establish(struct lws *wsi, pss_t *p)

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/sched_exec.h"
 #include "kernels/backend.h"
 #include "tests/check.h"
 
@@ -706,6 +707,156 @@ done:
     }
 }
 
+/* ---- the scheduler on the GPU: batched, joining, leaving, offloaded and restored = alone ---------------- */
+
+enum { SP_NS = 3, SP_NCH = 4 };
+
+typedef struct {
+    sch_job job;
+    int idx, chunks;
+    float *lat[SP_NCH];
+} sp_job;
+
+static const uint64_t sp_seed[SP_NS] = {11, 12, 13};
+static const char *const sp_prompt[SP_NS] = {"a blue circle", "a red square moving left", "a green star"};
+static double sp_clock_v;
+static double sp_clock(void) { return sp_clock_v; }
+
+static eng_status sp_open(void *user, sch_job *j, eng_stream_t **out)
+{
+    sp_job *t = j->user;
+    return eng_stream_open(user, sp_seed[t->idx], sp_prompt[t->idx], out);
+}
+
+static void scheduled_parity(const char *preset, const char *wname, double tol)
+{
+    char path[1024], err[512];
+    const char *src = getenv("VMLA_SOURCE_DIR");
+    snprintf(path, sizeof path, "%s/tests/golden/%s", src ? src : ".", wname);
+    eng_config c;
+    if (eng_config_preset(&c, preset, err, sizeof err))
+        return;
+    size_t nlat = (size_t)c.in_ch * c.chunk_frames * c.latent_h * c.latent_w;
+    eng_options o;
+    eng_options_default(&o);
+    o.weights = path;
+    o.kv_dtype = gdt;
+    o.max_batch = 3;
+    o.max_streams = 3;
+    eng_engine_t *e = NULL;
+    if (eng_open(&e, gpu, &c, &o, err, sizeof err) != ENG_OK) {
+        CHECK(0, "scheduled %s: %s", preset, err);
+        return;
+    }
+    float *ref = malloc(sizeof(float) * nlat * SP_NS * SP_NCH), *buf = malloc(sizeof(float) * nlat * SP_NS * SP_NCH);
+    for (int k = 0; k < SP_NS; k++) { /* each alone */
+        eng_stream_t *s = NULL;
+        CHECK(eng_stream_open(e, sp_seed[k], sp_prompt[k], &s) == ENG_OK, "open");
+        for (int ch = 0; ch < SP_NCH && s; ch++) {
+            CHECK(eng_generate_chunk(e, &s, 1) == ENG_OK, "alone: %s", eng_error(e));
+            eng_stream_last_latent(s, ref + ((size_t)k * SP_NCH + ch) * nlat, nlat);
+        }
+        eng_stream_close(s);
+    }
+    eng_pool_stats ps;
+    eng_pool_get_stats(e, &ps);
+    eng_close(e);
+    o.max_streams = 2; /* two slots and a host tier for one stream: the third forces an offload */
+    o.host_kv_bytes = ps.page_bytes * (size_t)ps.pages_per_stream;
+    if (eng_open(&e, gpu, &c, &o, err, sizeof err) != ENG_OK) {
+        CHECK(0, "scheduled %s: %s", preset, err);
+        free(ref);
+        free(buf);
+        return;
+    }
+    sch_config sc;
+    sch_config_default(&sc);
+    sc.max_batch = 3;
+    sc.offload_after = -1;
+    eng_sched_config(e, &sc);
+    sch_t *s = sch_new(&sc, err, sizeof err);
+    sp_job t[SP_NS];
+    memset(t, 0, sizeof t);
+    for (int k = 0; k < SP_NS; k++) {
+        t[k].idx = k;
+        for (int ch = 0; ch < SP_NCH; ch++)
+            t[k].lat[ch] = buf + ((size_t)k * SP_NCH + ch) * nlat;
+        sch_job_init(&t[k].job, (uint64_t)k, &t[k]);
+    }
+    sp_clock_v = 0;
+    sch_submit(s, &t[0].job, 0);
+    sch_submit(s, &t[1].job, 0);
+    int c_in = 0, a_back = 0, offloads = 0, restores = 0;
+    for (int guard = 0; guard < 5000; guard++) {
+        if (t[0].chunks == 2 && !c_in) { /* A pauses, C arrives: A's KV goes to the host tier */
+            sch_pause(s, &t[0].job, sp_clock_v);
+            sch_submit(s, &t[2].job, sp_clock_v);
+            c_in = 1;
+        }
+        if (c_in && !a_back && t[0].job.state == SCH_OFFLOADED && t[2].job.state == SCH_RUNNING) {
+            sch_resume(s, &t[0].job, sp_clock_v);
+            a_back = 1;
+        }
+        for (int k = 0; k < SP_NS; k++)
+            if (t[k].chunks == SP_NCH && t[k].job.state != SCH_DONE && !t[k].job.want_stop)
+                sch_stop(s, &t[k].job);
+        sch_work w;
+        sch_next(s, sp_clock_v, &w);
+        if (w.kind == SCH_IDLE) {
+            if (isinf(w.wake_at))
+                break;
+            sp_clock_v = w.wake_at;
+            continue;
+        }
+        sch_result res[SCH_MAX_BATCH];
+        double dt;
+        eng_sched_execute(e, &w, sp_open, e, sp_clock, res, &dt);
+        if (w.kind == SCH_STEP)
+            sp_clock_v += dt = 0.001 * w.n;
+        offloads += w.kind == SCH_OFFLOAD && res[0] == SCH_OK;
+        restores += w.kind == SCH_RESTORE && res[0] == SCH_OK;
+        for (int i = 0; i < w.n; i++) {
+            sp_job *tj = w.jobs[i]->user;
+            CHECK(res[i] == SCH_OK, "scheduled %s: work %d for stream %d: %s", preset, w.kind, tj->idx,
+                  w.jobs[i]->stream ? eng_stream_error(w.jobs[i]->stream) : eng_error(e));
+            if (w.kind == SCH_STEP && eng_stream_take_frames(w.jobs[i]->stream) && tj->chunks < SP_NCH)
+                eng_stream_last_latent(w.jobs[i]->stream, tj->lat[tj->chunks++], nlat);
+        }
+        sch_done(s, &w, res, sp_clock_v, dt);
+    }
+    double worst = 0;
+    for (int k = 0; k < SP_NS; k++) {
+        CHECK(t[k].chunks == SP_NCH, "scheduled %s: stream %d made %d chunks", preset, k, t[k].chunks);
+        for (int ch = 0; ch < t[k].chunks; ch++) {
+            const float *a = t[k].lat[ch], *b = ref + ((size_t)k * SP_NCH + ch) * nlat;
+            double num = 0, den = 0;
+            for (size_t i = 0; i < nlat; i++) {
+                double d = (double)a[i] - b[i];
+                num += isfinite(a[i]) ? d * d : INFINITY;
+                den += (double)b[i] * b[i];
+            }
+            double r = sqrt(num / (den > 0 ? den : 1));
+            if (!(r <= worst))
+                worst = r;
+        }
+    }
+    printf("  scheduled %-14s %s: %d streams x %d chunks, batched / joined / left / offloaded (%d) and restored (%d) "
+           "vs alone: latent rel err %.3g\n",
+           preset, mode, SP_NS, SP_NCH, offloads, restores, worst);
+    char name[64];
+    snprintf(name, sizeof name, "scheduled:%s", preset);
+    record(name, worst);
+    CHECK(offloads == 1 && restores == 1, "scheduled %s: one offload (%d) and one restore (%d) on the GPU", preset,
+          offloads, restores);
+    CHECK(worst < tol, "scheduled %s/%s: same output as alone (%.3g, tol %.2g)", preset, mode, worst, tol);
+    eng_pool_get_stats(e, &ps);
+    CHECK(ps.free_pages == ps.pages && ps.free_host_pages == ps.host_pages, "scheduled %s: every page back", preset);
+    sch_free(s);
+    eng_close(e);
+    free(ref);
+    free(buf);
+}
+
 /* ---- main ---------------------------------------------------------------------------------------- */
 
 static kn_backend_t *open_gpu(const char *dtype, const char *attn, int *skip)
@@ -749,6 +900,8 @@ int main(void)
     op_suite();
     engine_parity("tiny-test", "tiny-mha.safetensors", ENGINE_F32_TOL);
     engine_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_F32_TOL);
+    scheduled_parity("tiny-test", "tiny-mha.safetensors", ENGINE_F32_TOL);
+    scheduled_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_F32_TOL);
     kn_backend_free(g32);
 
     gpu = open_gpu("bf16", NULL, &skip);
@@ -760,6 +913,8 @@ int main(void)
         op_suite();
         engine_parity("tiny-test", "tiny-mha.safetensors", ENGINE_BF16_TOL);
         engine_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_BF16_TOL);
+        scheduled_parity("tiny-test", "tiny-mha.safetensors", ENGINE_BF16_TOL);
+        scheduled_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_BF16_TOL);
         char info[512];
         kn_cuda_cudnn_info(gpu, info, sizeof info);
         printf("  %s\n", info);
