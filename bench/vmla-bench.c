@@ -5,8 +5,9 @@
  *       per-stream cache for that window at that size (default 480x832 -> latent 60x104), and
  *       their ratio. The figures come from real KV pools made by engine/kvpool for each layout
  *       (one allocation of sink + window frames each), not from a formula.
- *   vmla-bench gen --preset P [--chunks N] [--window W] [--sink S] [--latent-h H --latent-w W] [--json]
- *       Chunk latency and frames/s of one stream on the CPU backend with seeded random weights.
+ *   vmla-bench gen --preset P [--device cpu|cuda] [--chunks N] [--height H --width W] [--compare] [--json]
+ *       Chunk latency, frames/s, FLOP against the backend's GEMM floor, KV and device memory, the
+ *       time split on CUDA; --compare: per-head against MLA in one process (gen.c).
  *   vmla-bench serve --preset P ...
  *       Many streams on one device through the scheduler, per-head against MLA: resident sessions
  *       in a pool, throughput batched and one at a time, real-time admission, offload (serve.c).
@@ -28,6 +29,7 @@ typedef struct {
 } args;
 
 int vmla_bench_serve(int argc, char **argv); /* serve.c */
+int vmla_bench_gen(int argc, char **argv);   /* gen.c */
 
 static int parse(int argc, char **argv, args *a)
 {
@@ -179,79 +181,6 @@ static int cmd_kv(const args *a)
     return 0;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-static int cmd_gen(const args *a)
-{
-    char err[512];
-    eng_config c;
-    if (eng_config_preset(&c, a->preset, err, sizeof err)) {
-        fprintf(stderr, "vmla-bench: %s\n", err);
-        return 2;
-    }
-    kn_backend_t *be = kn_cpu_backend_new();
-    eng_options o;
-    eng_options_default(&o);
-    o.weight_seed = 7;
-    o.window = (int)a->window;
-    o.sink = (int)a->sink;
-    o.latent_h = (int)a->lh;
-    o.latent_w = (int)a->lw;
-    eng_engine_t *e = NULL;
-    eng_stream_t *s = NULL;
-    int chunks = a->chunks ? (int)a->chunks : 8, rc = 1;
-    double *lat = calloc((size_t)chunks, sizeof(double));
-    if (!be || !lat || eng_open(&e, be, &c, &o, err, sizeof err) != ENG_OK ||
-        eng_stream_open(e, 1, "a red square moving left", &s) != ENG_OK) {
-        fprintf(stderr, "vmla-bench: %s\n", e ? eng_error(e) : err);
-        goto out;
-    }
-    double t0 = now();
-    for (int i = 0; i < chunks; i++) {
-        double ts = now();
-        if (eng_generate_chunk(e, &s, 1) != ENG_OK) {
-            fprintf(stderr, "vmla-bench: %s\n", eng_error(e));
-            goto out;
-        }
-        eng_stream_take_frames(s);
-        lat[i] = now() - ts;
-    }
-    double total = now() - t0;
-    qsort(lat, (size_t)chunks, sizeof(double), cmp_d);
-    double p50 = lat[chunks / 2], p99 = lat[(int)((chunks - 1) * 0.99)];
-    double fps = (double)chunks * eng_frames_per_chunk(e) / total;
-    const eng_config *ec = eng_get_config(e);
-    if (a->json)
-        printf("{\"preset\": \"%s\", \"backend\": \"%s\", \"width\": %d, \"height\": %d, \"chunks\": %d, "
-               "\"frames_per_chunk\": %d, \"chunk_p50_s\": %.4f, \"chunk_p99_s\": %.4f, \"fps\": %.2f, "
-               "\"kv_stream_bytes\": %zu}\n",
-               ec->preset, kn_backend_name(be), eng_video_width(e), eng_video_height(e), chunks,
-               eng_frames_per_chunk(e), p50, p99, fps, eng_stream_kv_bytes(s));
-    else
-        printf("%s on %s, %dx%d, %d chunks of %d frames: chunk p50 %.4f s, p99 %.4f s, %.1f frames/s "
-               "(real time is %d), KV %zu bytes a stream\n",
-               ec->preset, kn_backend_name(be), eng_video_width(e), eng_video_height(e), chunks,
-               eng_frames_per_chunk(e), p50, p99, fps, ec->fps, eng_stream_kv_bytes(s));
-    rc = 0;
-out:
-    free(lat);
-    eng_stream_close(s);
-    eng_close(e);
-    kn_backend_free(be);
-    return rc;
-}
-
 int main(int argc, char **argv)
 {
     args a = {.window = -1, .sink = -1, .dtype = KN_BF16};
@@ -259,8 +188,8 @@ int main(int argc, char **argv)
         fprintf(argc < 2 ? stderr : stdout,
                 "usage: vmla-bench kv  --preset P [--window W] [--sink S] [--latent-h H] [--latent-w W]"
                 " [--dtype bf16|f16|f32] [--json]\n"
-                "       vmla-bench gen --preset P [--chunks N] [--window W] [--sink S] [--latent-h H]"
-                " [--latent-w W] [--json]\n"
+                "       vmla-bench gen --preset P [--device cpu|cuda] [--chunks N] [--window W] [--sink S]"
+                " [--height H --width W | --latent-h H --latent-w W] [--compare] [--json] (see bench/gen.c)\n"
                 "       vmla-bench serve --preset P [--device cpu|cuda] [--pool-gb G] [--streams 1,2,4]"
                 " [--chunks C] [--modes batched,single] [--layouts mha,mla] [--rt-streams N,..] [--json FILE]"
                 " (see bench/serve.c)\n");
@@ -271,12 +200,8 @@ int main(int argc, char **argv)
             return 2;
         return cmd_kv(&a);
     }
-    if (!strcmp(argv[1], "gen")) {
-        a.dtype = KN_F32;
-        if (parse(argc, argv, &a))
-            return 2;
-        return cmd_gen(&a);
-    }
+    if (!strcmp(argv[1], "gen"))
+        return vmla_bench_gen(argc, argv);
     if (!strcmp(argv[1], "serve"))
         return vmla_bench_serve(argc, argv);
     fprintf(stderr, "vmla-bench: unknown command '%s' (kv, gen, serve)\n", argv[1]);

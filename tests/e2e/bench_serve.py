@@ -59,5 +59,22 @@ with tempfile.TemporaryDirectory() as d:
         r = subprocess.run([os.path.join(B, "vmla-bench"), "serve", "--preset", "tiny-test"] + bad_args,
                            capture_output=True, text=True, timeout=60)
         check(r.returncode == 2 and "vmla-bench serve" in r.stderr, "refused: %s (%s)" % (bad_args, r.stderr.strip()))
+# vmla-bench gen --compare: both layouts in one process, the ratios consistent with the figures
+r = subprocess.run([os.path.join(B, "vmla-bench"), "gen", "--preset", "tiny-test", "--chunks", "2", "--compare",
+                    "--json"], capture_output=True, text=True, timeout=600)
+print(r.stdout, r.stderr[-1000:])
+lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+check(r.returncode == 0 and len(lines) == 3, "gen --compare: two layouts and a comparison")
+if len(lines) == 3:
+    mha, mla, cmpr = lines
+    check(mha["preset"] == "tiny-test" and mla["preset"] == "tiny-test-mla", "the per-head and latent presets")
+    check(all(x["fps"] > 0 and x["flop_per_chunk"] > 0 and x["gemm_tflops"] > 0 and x["chunk_p99_s"] >= x["chunk_p50_s"]
+              for x in (mha, mla)), "latency, frames/s, FLOP and the GEMM floor reported")
+    check(abs(cmpr["kv_ratio"] - mla["kv_stream_bytes"] / mha["kv_stream_bytes"]) < 1e-3 and cmpr["kv_ratio"] < 1,
+          "KV ratio %.4f from the pools' accounting" % cmpr["kv_ratio"])
+    check(abs(cmpr["latency_ratio"] - mla["chunk_p50_s"] / mha["chunk_p50_s"]) < 1e-3, "latency ratio consistent")
+r = subprocess.run([os.path.join(B, "vmla-bench"), "gen", "--preset", "tiny-test", "--device", "tpu"],
+                   capture_output=True, text=True, timeout=60)
+check(r.returncode == 2 and "--device" in r.stderr, "gen: unknown device refused")
 print("%d passed, %d failed" % (passed, failed))
 sys.exit(1 if failed else 0)
