@@ -24,35 +24,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_util.h"
 #include "engine/cli.h"
 #include "engine/engine.h"
 
-#ifdef VMLA_HAVE_CUDA /* kernels/cuda/cuda_prof.cu */
-int kn_cuda_profile_on(kn_backend_t *be, int on);
-int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]);
-#else
-static int kn_cuda_profile_on(kn_backend_t *be, int on) { return 0; }
-static int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]) { return 0; }
-#endif
 
 typedef struct {
     const char *preset, *device;
     long lh, lw, height, width, window, sink, chunks;
     int compare, json;
 } gargs;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmpd(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
 
 static int parse(int argc, char **argv, gargs *a)
 {

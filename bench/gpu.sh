@@ -102,25 +102,8 @@ if ! (command -v pkg-config >/dev/null && pkg-config --exists jansson openblas);
     fi
 fi
 
-# ---- cuDNN (optional): the header for the build, the library for the run (dlopen) ---------------
-CUDNN_ARGS=()
-if [ ! -f /usr/local/cuda/include/cudnn_graph.h ]; then
-    for d in "$ROOT/.gpudeps/cudnn/include" $(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__) + "/include")' 2>/dev/null); do
-        if [ -f "$d/cudnn_graph.h" ]; then CUDNN_ARGS=(-DVMLA_CUDNN_INCLUDE_DIR="$d"); break; fi
-    done
-fi
-CUDNN_LIB=$(ldconfig -p 2>/dev/null | awk '/libcudnn\.so\.9 /{print $NF; exit}')
-if [ -z "$CUDNN_LIB" ]; then
-    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib $(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__) + "/lib")' 2>/dev/null); do
-        if [ -f "$d/libcudnn.so.9" ]; then CUDNN_LIB=$d/libcudnn.so.9; break; fi
-    done
-fi
-if [ -n "$CUDNN_LIB" ]; then
-    export LD_LIBRARY_PATH=$(dirname "$CUDNN_LIB")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    export VMLA_CUDNN_LIB=${VMLA_CUDNN_LIB:-$CUDNN_LIB}
-fi
-echo "cudnn: header args '${CUDNN_ARGS[*]:-/usr/local/cuda/include}', library '${CUDNN_LIB:-none}'"
-export VMLA_CUDNN_VERBOSE=${VMLA_CUDNN_VERBOSE:-1}
+# ---- cuDNN (optional) ----------------------------------------------------------------------------
+. "$ROOT/bench/cudnn_env.sh"
 
 # ---- configure and build ------------------------------------------------------------------------
 # The fragment kernels/cuda/CMakeLists.txt must be included by the top-level CMakeLists.txt; if it

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_util.h"
 #include "engine/cli.h"
 #include "engine/engine.h"
 #include "engine/kvpool.h"
@@ -39,15 +40,6 @@
 
 #define MAXN 16
 
-#ifdef VMLA_HAVE_CUDA /* kernels/cuda/cuda_prof.cu (needs VMLA_CUDA_PROFILE=1 in the environment) */
-int kn_cuda_profile_on(kn_backend_t *be, int on);
-int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]);
-int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count);
-#else
-static int kn_cuda_profile_on(kn_backend_t *be, int on) { return 0; }
-static int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]) { return 0; }
-static int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count) { return 0; }
-#endif
 
 typedef struct {
     const char *preset, *device, *json;
@@ -56,19 +48,6 @@ typedef struct {
     int streams[MAXN], n_streams, rt[MAXN], n_rt;
     int batched, single, mha, mla, offload, profile;
 } sargs;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmpd(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
 
 static double pct(double *v, int n, double p)
 {
