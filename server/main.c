@@ -173,7 +173,9 @@ int main(int argc, char **argv)
     sch_config sc;
     sch_config_default(&sc);
     sc.max_batch = o->max_batch;
-    sc.max_queue = o->max_queue;
+    /* the HTTP layer limits waiting sessions (max_queue beyond what can start at once); sessions it
+     * accepted reach the scheduler together, before any is admitted, so its queue takes them all */
+    sc.max_queue = o->max_queue + o->max_sessions + 4096;
     sc.lead_chunks = o->lead_chunks;
     sc.headroom = o->headroom;
     sc.ttff_target = o->ttff_target;

@@ -384,7 +384,11 @@ def test_concurrent(s, n=20):
     for r in results:
         if isinstance(r, tuple):
             frames = sum(m["n"] for m in r[1])
-            ok += frames == 48 and r[0][-1]["type"] == "ended"
+            good = frames == 48 and r[0][-1]["type"] == "ended"
+            ok += good
+            if not good:
+                print("  client: %d frames, chunks %s, last events %s, close %s" %
+                      (frames, [m["chunk"] for m in r[1]], r[0][-3:], r[3]))
         else:
             print("  client:", r)
     check(ok == n, "%d of %d concurrent clients got all 48 frames (%.1f s)" % (ok, n, time.time() - t0))
