@@ -68,6 +68,19 @@ def main():
                  (c, s, d, next(x for x in D.BACKGROUNDS if x not in (c, b)))]
         for w in wrong:
             check(not E.window_adherence(m, 0, 80, w, True)[0]["adherent"], "  rejects '%s'" % D.caption(*w))
+    # the 60 s test (the last 5 s): the axis of motion, also for a video that moves in steps
+    # (each position held for 4 frames, as the models' videos move latent frame by latent frame)
+    for k, combo in enumerate(held[:4]):
+        fr = video(combo, 12, 50 + k)
+        stepped = fr[(np.arange(len(fr)) // 4) * 4]
+        other = {"left": "up", "right": "down", "up": "left", "down": "right"}[combo[2]]
+        for name, v in (("smooth", fr), ("stepped", stepped)):
+            m = E.analyse(v)
+            T = len(v)
+            ok = E.window_adherence(m, T - 80, T, combo, False)[0]
+            check(ok["direction"], "%s (%s): 60 s axis right" % (D.caption(*combo), name))
+            bad = E.window_adherence(m, T - 80, T, combo[:2] + (other,) + combo[3:], False)[0]
+            check(not bad["direction"], "  rejects the other axis ('%s')" % other)
     combo = held[0]
     fr = video(combo, 12, 99)
     m = E.analyse(fr)
