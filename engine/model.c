@@ -225,6 +225,25 @@ static kn_status heads_interleave(kn_backend_t *be, kn_tensor dst, int H, kn_ten
     return KN_OK;
 }
 
+/* A contiguous key/value source over the rows of t: per token row, `heads` keys of dk from column 0,
+ * then `heads` values of dv from column v_off. */
+static kn_kv rows_kv(kn_tensor t, int heads, int dk, int dv, int64_t v_off)
+{
+    kn_kv kv;
+    memset(&kv, 0, sizeof kv);
+    kv.buf = t.buf;
+    kv.dtype = t.dtype;
+    kv.off = t.off;
+    kv.row_stride = t.ld;
+    kv.n_tokens = t.rows;
+    kv.kv_heads = heads;
+    kv.dk = dk;
+    kv.dv = dv;
+    kv.k_off = 0;
+    kv.v_off = v_off;
+    return kv;
+}
+
 /* ---- self-attention ----------------------------------------------------------------------------
  * Per-head: q, k after RMSNorm over the full width then RoPE; k, v stored in the chunk's pages;
  * attention over the context + chunk pages.
@@ -318,18 +337,7 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         int64_t kw_cols = (int64_t)H * (dh + dr);
         TRY(kn_linear(be, kn_cols(kvr, 0, kw_cols), lat, m->kw[layer], NULL));
         TRY(kn_linear(be, kn_cols(kvr, kw_cols, (int64_t)H * dh), kn_cols(lat, 0, dc), B->v_up, NULL));
-        kn_kv rk;
-        memset(&rk, 0, sizeof rk);
-        rk.buf = kvr.buf;
-        rk.dtype = kvr.dtype;
-        rk.off = kvr.off;
-        rk.row_stride = kvr.ld;
-        rk.n_tokens = T;
-        rk.kv_heads = H;
-        rk.dk = dh + dr;
-        rk.dv = dh;
-        rk.k_off = 0;
-        rk.v_off = kw_cols;
+        kn_kv rk = rows_kv(kvr, H, dh + dr, dh, kw_cols);
         TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), qb, &rk, H, scale));
     }
     if (!m->mla_rebuild)
@@ -342,18 +350,7 @@ static kn_kv ctx_kv_source(const eng_model *m, kn_tensor ctx_kv, int layer)
 {
     const eng_config *c = m->c;
     kn_tensor lk = kn_rows(ctx_kv, (int64_t)layer * c->text_len, c->text_len);
-    kn_kv kv;
-    memset(&kv, 0, sizeof kv);
-    kv.buf = lk.buf;
-    kv.dtype = lk.dtype;
-    kv.off = lk.off;
-    kv.row_stride = lk.ld;
-    kv.n_tokens = c->text_len;
-    kv.kv_heads = c->heads;
-    kv.dk = kv.dv = c->dim / c->heads;
-    kv.k_off = 0;
-    kv.v_off = c->dim;
-    return kv;
+    return rows_kv(lk, c->heads, c->dim / c->heads, c->dim / c->heads, c->dim);
 }
 
 kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cache_only)

@@ -509,6 +509,8 @@ kn_status kn_upsample2x(kn_backend_t *be, kn_tensor y, kn_tensor x, int H, int W
 }
 
 #ifndef VMLA_HAVE_CUDA
+/* A build without CUDA (VMLA_CUDA=OFF or no nvcc): asking for the CUDA backend is an error the
+ * caller reports (vmla-server --device cuda, the GPU tests skip on it), not a crash. */
 kn_backend_t *kn_cuda_backend_new(int device, char *err, size_t errlen)
 {
     if (err && errlen)
