@@ -181,7 +181,6 @@ static int run_one(const gargs *a, kn_backend_t *be, const char *preset, gres *r
             fprintf(stderr, "vmla-bench gen: %s\n", eng_error(e));
             goto out;
         }
-    double t0 = now_s();
     for (int i = 0; i < chunks; i++) {
         double ts = now_s();
         if (eng_generate_chunk(e, &s, 1) != ENG_OK) {
@@ -191,7 +190,6 @@ static int run_one(const gargs *a, kn_backend_t *be, const char *preset, gres *r
         eng_stream_take_frames(s);
         lat[i] = now_s() - ts;
     }
-    (void)t0;
     qsort(lat, (size_t)chunks, sizeof(double), cmpd);
     memset(r, 0, sizeof *r);
     snprintf(r->preset, sizeof r->preset, "%s", ec->preset);

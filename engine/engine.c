@@ -262,8 +262,9 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
             fail(err, errlen, ENG_ERR_ARG, "engine: VMLA_MLA='%s': expected absorb or rebuild", env);
             goto bad;
         }
-        /* measured (bench/RESULTS.md): on the GPU rebuilding is faster (cuDNN runs the per-head
-         * shape faster than the latent one); on the CPU absorbing is */
+        /* by the compute dtype: bf16 (the GPU) rebuilds, measured faster there (bench/RESULTS.md:
+         * cuDNN runs the per-head shape faster than the latent one); f32 (the CPU, and the GPU's
+         * f32 parity mode) absorbs, measured faster on the CPU (docs/MODEL.md) */
         rebuild = env && *env ? !strcmp(env, "rebuild") : kn_backend_compute_dtype(be) != KN_F32;
     }
     if (eng_model_init(&e->m, c, be, &e->w, NULL, o.max_batch, c->chunk_frames, c->latent_h,

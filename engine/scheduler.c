@@ -405,8 +405,6 @@ void sch_next(sch_t *s, double now, sch_work *w)
         w->kind = SCH_STEP;
         return;
     }
-    if (cand && cand->hold_until > now)
-        wake = fmin(wake, cand->hold_until);
     for (int i = 0; i < s->n; i++)
         if (waiting(s->jobs[i]) && s->jobs[i]->hold_until > now)
             wake = fmin(wake, s->jobs[i]->hold_until);
