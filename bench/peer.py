@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """bench/peer.py: the PyTorch peer of vmla-bench-gpu: the same model at the same shapes on the
 same GPU (tools/reference/vmla_ref.py in bf16, torch SDPA attention, a per-frame KV cache gathered
-by torch.cat as Self-Forcing keeps it), seeded random weights, sink 1 + window 6, 480x832.
+by torch.cat as Self-Forcing keeps it), seeded random weights, sink 1 + window W (default 6),
+480x832.
 
-    python3 bench/peer.py [--chunks 6] [--warmup 2] [--presets wan-1.3b,wan-1.3b-mla]
+    python3 bench/peer.py [--chunks 6] [--warmup 2] [--window 6] [--presets wan-1.3b,wan-1.3b-mla]
+
+The warm-up is at least as many chunks as fill the window (window / 3 + 1), so the timed chunks
+attend over a full cache.
 
 Per preset: chunk latency median / p99 over --chunks timed chunks (each = 4 denoising passes +
 the cache pass, synchronised before and after), frames/s (12 frames a chunk), peak memory.
@@ -25,9 +29,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--chunks", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--window", type=int, default=6)
     ap.add_argument("--presets", default="wan-1.3b,wan-1.3b-mla")
     ap.add_argument("--mla-mode", default="rebuild", choices=("rebuild", "absorb"))
     args = ap.parse_args()
+    if args.window < 3 or args.chunks < 1:
+        ap.error("--window >= 3 (a chunk) and --chunks >= 1")
+    args.warmup = max(args.warmup, args.window // 3 + 1)
     dev = "cuda"
     print("peer: torch %s on %s" % (torch.__version__, torch.cuda.get_device_name(0)))
     rows = []
@@ -39,7 +47,7 @@ def main():
         g = torch.Generator(device=dev).manual_seed(3)
         emb = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, device=dev).to(torch.bfloat16)
         ctx_kv = m.prompt_kv(m.text_context(emb))
-        cache = R.KVCache(window=6, sink=1, chunk_frames=3)
+        cache = R.KVCache(window=args.window, sink=1, chunk_frames=3)
         torch.cuda.reset_peak_memory_stats()
         times = []
         with torch.no_grad():
@@ -56,7 +64,8 @@ def main():
         row = (name, med * 1000, p99 * 1000, 12.0 / med, torch.cuda.max_memory_allocated() / 2**30,
                cache.context_frames(3 * (args.warmup + args.chunks)))
         rows.append(row)
-        print("peer %-13s chunk median %8.1f ms  p99(max) %8.1f ms  %6.2f frames/s  peak %.2f GiB  ctx frames %s" % row)
+        print("peer %-13s window %d: chunk median %8.1f ms  p99(max) %8.1f ms  %6.2f frames/s  peak %.2f GiB  "
+              "ctx frames %s" % ((row[0], args.window) + row[1:]))
         del m, w, cache
         torch.cuda.empty_cache()
     return 0

@@ -9,7 +9,9 @@
 # Environment: VMLA_SERVE_FULL / VMLA_SERVE_PREVIEW override the argument lists (empty: skip);
 #   VMLA_GPU_ALL=1 first also runs the parity test (vmla-test-backend), the chunk benchmark with the
 #   MLA layout absorbing and rebuilding (vmla-bench-gpu, one process each) and the PyTorch peer
-#   (bench/peer.py), so every figure of a session comes from one command on one machine.
+#   (bench/peer.py), so every figure of a session comes from one command on one machine;
+#   VMLA_MLA_FORMS (default "absorb rebuild"), VMLA_CHUNK_ARGS (default "--no-gemm --chunks 5 --attn
+#   cudnn") and VMLA_PEER=0 (skip the peer) narrow that part.
 set -uo pipefail
 OUT=${OUT:-$PWD/out-serve}
 mkdir -p "$OUT"
@@ -32,12 +34,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 if [ "${VMLA_GPU_ALL:-0}" = 1 ]; then
     VMLA_SOURCE_DIR=$PWD VMLA_BUILD_DIR=$PWD/build-serve timeout 200 build-serve/vmla-test-backend >"$OUT/test_backend.log" 2>&1
     echo "parity: exit $? ($(tail -1 "$OUT/test_backend.log"))"
-    for m in absorb rebuild; do
-        VMLA_MLA=$m VMLA_CUDA_PROFILE=1 timeout 200 build-serve/vmla-bench-gpu --no-gemm --chunks 5 --attn cudnn \
+    for m in ${VMLA_MLA_FORMS-absorb rebuild}; do
+        VMLA_MLA=$m VMLA_CUDA_PROFILE=1 timeout 240 build-serve/vmla-bench-gpu ${VMLA_CHUNK_ARGS---no-gemm --chunks 5 --attn cudnn} \
             --preset wan-1.3b --preset wan-1.3b-mla >"$OUT/chunk-$m.log" 2>&1
         echo "chunk benchmark, MLA $m: exit $?"; grep -E "median|frames/s|idle|ratio" "$OUT/chunk-$m.log" | head -12
     done
-    timeout 200 python3 bench/peer.py --chunks 6 >"$OUT/peer.log" 2>&1; echo "peer: exit $?"; cat "$OUT/peer.log"
+    if [ "${VMLA_PEER:-1}" = 1 ]; then
+        timeout 200 python3 bench/peer.py --chunks 6 >"$OUT/peer.log" 2>&1; echo "peer: exit $?"; cat "$OUT/peer.log"
+    fi
 fi
 FULL=${VMLA_SERVE_FULL-"--latent-h 60 --latent-w 104 --pool-gb 40 --streams 1,2,4,8 --chunks 2"}
 PREV=${VMLA_SERVE_PREVIEW-"--latent-h 30 --latent-w 52 --pool-gb 40 --streams 1,2,4,8,16,32 --chunks 3 --rt-streams 8,16,32 --rt-seconds 6 --rt-gap 0.1"}

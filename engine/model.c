@@ -24,6 +24,7 @@ int eng_model_out_w(const eng_model *m) { return m->wd << m->c->dec_up; }
 typedef struct {
     kn_tensor *t;
     int64_t rows, cols;
+    int f32; /* kept in f32 whatever the compute dtype (the RoPE table) */
 } act;
 
 static int acts(eng_model *m, act *a)
@@ -32,7 +33,7 @@ static int acts(eng_model *m, act *a)
     int64_t B = m->max_batch, Nt = B * m->N, D = c->dim, H = c->heads, dh = c->head_dim;
     int64_t hw_out = (int64_t)eng_model_out_h(m) * eng_model_out_w(m), hw = (int64_t)m->h * m->wd;
     int n = 0;
-#define A(field, r, cc) a[n++] = (act){&m->field, (r), (cc)}
+#define A(field, r, cc) a[n++] = (act){&m->field, (r), (cc), 0}
     A(sin, B, c->freq_dim);
     A(e_h, B, D);
     A(e, B, D);
@@ -48,6 +49,7 @@ static int acts(eng_model *m, act *a)
     A(y, Nt, D);
     A(ff, Nt, c->ffn_dim);
     A(hout, Nt, 4 * c->in_ch);
+    a[n++] = (act){&m->rope, Nt, c->layout == ENG_LAYOUT_MHA ? dh : c->d_r, 1};
     if (c->layout == ENG_LAYOUT_MHA) {
         A(k, Nt, D);
         A(v, Nt, D);
@@ -77,14 +79,15 @@ static int acts(eng_model *m, act *a)
     return n;
 }
 
-/* The rebuild weights of every layer: kw = per head [k_up_h 0; 0 I_dr], so that one GEMM of the
- * latent rows [c | k_r] gives each head's key [k_c,h | k_r] side by side (the zeros and ones are
- * exact in every dtype, so the result is that of the separate products). */
+/* The rebuild weights of every layer: kw = [per head [k_up_h 0; 0 I_dr]; v_up 0], so that one GEMM
+ * of the latent rows [c | k_r] gives each head's key [k_c,h | k_r] side by side, then every head's
+ * value (the zeros and ones are exact in every dtype, so the result is that of the separate
+ * products). */
 static int init_rebuild(eng_model *m, char *err, size_t errlen)
 {
     const eng_config *c = m->c;
     int H = c->heads, dh = c->head_dim, dc = c->d_c, dr = c->d_r, L = c->layers;
-    int64_t rows = (int64_t)H * (dh + dr), cols = dc + dr;
+    int64_t krows = (int64_t)H * (dh + dr), rows = krows + (int64_t)H * dh, cols = dc + dr;
     kn_dtype dt = kn_backend_compute_dtype(m->be);
     size_t per = kn_arena_bytes(dt, rows, cols);
     m->kw = calloc((size_t)L, sizeof *m->kw);
@@ -107,6 +110,8 @@ static int init_rebuild(eng_model *m, char *err, size_t errlen)
         for (int h = 0; h < H && st == KN_OK; h++)
             st = kn_copy(m->be, kn_cols(kn_rows(m->kw[l], (int64_t)h * (dh + dr), dh), 0, dc),
                          kn_rows(m->w->blocks[l].k_up, (int64_t)h * dh, dh));
+        if (st == KN_OK)
+            st = kn_copy(m->be, kn_cols(kn_rows(m->kw[l], krows, (int64_t)H * dh), 0, dc), m->w->blocks[l].v_up);
     }
     free(host);
     if (st != KN_OK) {
@@ -136,7 +141,7 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
     kn_dtype dt = kn_backend_compute_dtype(be);
     size_t total = 0;
     for (int i = 0; i < n; i++) {
-        size_t b = kn_arena_bytes(dt, a[i].rows, a[i].cols);
+        size_t b = kn_arena_bytes(a[i].f32 ? KN_F32 : dt, a[i].rows, a[i].cols);
         if (b == SIZE_MAX || total > SIZE_MAX - b) {
             snprintf(err, errlen, "activations: size overflows");
             return -1;
@@ -152,7 +157,7 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
     kn_arena ar;
     kn_arena_init(&ar, m->buf);
     for (int i = 0; i < n; i++)
-        if (kn_arena_tensor(&ar, a[i].t, dt, a[i].rows, a[i].cols)) {
+        if (kn_arena_tensor(&ar, a[i].t, a[i].f32 ? KN_F32 : dt, a[i].rows, a[i].cols)) {
             snprintf(err, errlen, "activations: arena overflow (internal)");
             eng_model_free(m);
             return -1;
@@ -203,26 +208,11 @@ static void trace(eng_model *m, const char *name, kn_tensor t)
         m->trace(m->trace_user, name, m->be, t);
 }
 
-/* dst [R, H*(a+b)] (contiguous) = per head [x_h | y_h] from x [R, H*a] and y [R, H*b]: two copies
- * through views of H*R rows when the sources are contiguous, per head otherwise. */
-static kn_status heads_interleave(kn_backend_t *be, kn_tensor dst, int H, kn_tensor x, int64_t a, kn_tensor y,
-                                  int64_t b)
+/* A contiguous [R, H*d] tensor seen as [R*H, d]: one row a head (the shape kn_rmsnorm_rope writes,
+ * and views of it with a wider row stride place each head inside a per-head layout). */
+static kn_tensor by_heads(kn_tensor t, int H)
 {
-    int64_t R = dst.rows;
-    if (dst.ld == dst.cols && x.ld == x.cols && y.ld == y.cols) {
-        size_t es = kn_dtype_size(dst.dtype);
-        kn_tensor d1 = {.buf = dst.buf, .off = dst.off, .dtype = dst.dtype, .rows = R * H, .cols = a, .ld = a + b};
-        kn_tensor d2 = d1;
-        d2.off += (size_t)a * es;
-        d2.cols = b;
-        TRY(kn_copy(be, d1, kn_reshape(x, R * H, a)));
-        return kn_copy(be, d2, kn_reshape(y, R * H, b));
-    }
-    for (int h = 0; h < H; h++) {
-        TRY(kn_copy(be, kn_cols(dst, (int64_t)h * (a + b), a), kn_cols(x, (int64_t)h * a, a)));
-        TRY(kn_copy(be, kn_cols(dst, (int64_t)h * (a + b) + a, b), kn_cols(y, (int64_t)h * b, b)));
-    }
-    return KN_OK;
+    return kn_reshape(t, t.rows * H, t.cols / H);
 }
 
 /* A contiguous key/value source over the rows of t: per token row, `heads` keys of dk from column 0,
@@ -256,20 +246,19 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
 {
     const eng_config *c = m->c;
     kn_backend_t *be = m->be;
-    int H = c->heads, dh = c->head_dim, N = m->N, gh = m->h / 2, gw = m->wd / 2;
+    int H = c->heads, dh = c->head_dim, N = m->N;
     int64_t Nt = (int64_t)n * N, D = c->dim;
     if (c->layout == ENG_LAYOUT_MHA) {
         kn_tensor q = kn_rows(m->q, 0, Nt), k = kn_rows(m->k, 0, Nt), v = kn_rows(m->v, 0, Nt);
+        kn_tensor rope = kn_rows(m->rope, 0, Nt);
         TRY(linear(m, q, xn, &B->q));
-        TRY(kn_rmsnorm(be, q, q, B->norm_q, c->eps));
+        TRY(kn_rmsnorm_rope(be, by_heads(q, H), q, B->norm_q, c->eps, H, &rope));
         TRY(linear(m, k, xn, &B->k));
-        TRY(kn_rmsnorm(be, k, k, B->norm_k, c->eps));
+        TRY(kn_rmsnorm_rope(be, by_heads(k, H), k, B->norm_k, c->eps, H, &rope));
         TRY(linear(m, v, xn, &B->v));
         kn_tensor att = kn_rows(m->att, 0, Nt);
         for (int b = 0; b < n; b++) {
             kn_tensor qb = kn_rows(q, (int64_t)b * N, N), kb = kn_rows(k, (int64_t)b * N, N);
-            TRY(kn_rope3d(be, qb, H, it[b].f0, m->F, gh, gw, c->rope_theta));
-            TRY(kn_rope3d(be, kb, H, it[b].f0, m->F, gh, gw, c->rope_theta));
             kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
             kv.kv_heads = H;
             kv.dk = kv.dv = dh;
@@ -286,28 +275,29 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     kn_tensor qc = kn_cols(kn_rows(m->q, 0, Nt), 0, (int64_t)H * dh);
     kn_tensor qr = kn_rows(m->qr, 0, Nt), ckv = kn_rows(m->ckv, 0, Nt), kr = kn_rows(m->kr, 0, Nt);
     kn_tensor qt = kn_rows(m->qt, 0, Nt), qa, olat = kn_rows(m->olat, 0, Nt);
+    kn_tensor rope = kn_rows(m->rope, 0, Nt);
+    /* the query, per head [q_lat,h | q_r,h]: q_lat,h = q_c,h @ k_up[h rows] (absorb, dc wide) or
+     * q_c,h itself (rebuild, dh wide); qa is a contiguous [Nt, H*(dq+dr)] (its allocation fits the
+     * wider of the two), written as [Nt*H, dq+dr]: the normalisations write their heads straight
+     * into its two column ranges */
+    int dq = m->mla_rebuild ? dh : dc;
+    qa = (kn_tensor){.buf = m->qa.buf, .off = m->qa.off, .dtype = m->qa.dtype, .rows = Nt,
+                     .cols = (int64_t)H * (dq + dr), .ld = (int64_t)H * (dq + dr)};
+    kn_tensor qa_h = by_heads(qa, H);
     TRY(linear(m, qc, xn, &B->q));
-    TRY(kn_rmsnorm(be, qc, qc, B->norm_q, c->eps));
+    if (m->mla_rebuild) {
+        TRY(kn_rmsnorm_rope(be, kn_cols(qa_h, 0, dh), qc, B->norm_q, c->eps, H, NULL));
+    } else {
+        TRY(kn_rmsnorm(be, qc, qc, B->norm_q, c->eps));
+        TRY(kn_matmul_heads(be, qt, qc, B->k_up, H, KN_HEADS_XW)); /* [Nt, H*dc] */
+        TRY(kn_copy(be, kn_cols(qa_h, 0, dc), by_heads(qt, H)));
+    }
     TRY(linear(m, qr, xn, &B->q_rope));
-    TRY(kn_rmsnorm(be, qr, qr, B->norm_q_rope, c->eps));
+    TRY(kn_rmsnorm_rope(be, kn_cols(qa_h, dq, dr), qr, B->norm_q_rope, c->eps, H, &rope));
     TRY(linear(m, ckv, xn, &B->kv_down));
     TRY(kn_rmsnorm(be, ckv, ckv, B->norm_kv, c->eps));
     TRY(linear(m, kr, xn, &B->k_rope));
-    TRY(kn_rmsnorm(be, kr, kr, B->norm_k_rope, c->eps));
-    for (int b = 0; b < n; b++) {
-        TRY(kn_rope3d(be, kn_rows(qr, (int64_t)b * N, N), H, it[b].f0, m->F, gh, gw, c->rope_theta));
-        TRY(kn_rope3d(be, kn_rows(kr, (int64_t)b * N, N), 1, it[b].f0, m->F, gh, gw, c->rope_theta));
-    }
-    /* the query, per head [q_lat,h | q_r,h]: q_lat,h = q_c,h @ k_up[h rows] (absorb, dc wide) or
-     * q_c,h itself (rebuild, dh wide) */
-    int dq = m->mla_rebuild ? dh : dc;
-    if (!m->mla_rebuild)
-        TRY(kn_matmul_heads(be, qt, qc, B->k_up, H, KN_HEADS_XW)); /* [Nt, H*dc] */
-    kn_tensor qsrc = m->mla_rebuild ? qc : qt;
-    /* qa as a contiguous [Nt, H*(dq+dr)] (its allocation fits the wider of the two layouts) */
-    qa = (kn_tensor){.buf = m->qa.buf, .off = m->qa.off, .dtype = m->qa.dtype, .rows = Nt,
-                     .cols = (int64_t)H * (dq + dr), .ld = (int64_t)H * (dq + dr)};
-    TRY(heads_interleave(be, qa, H, qsrc, dq, qr, dr));
+    TRY(kn_rmsnorm_rope(be, kr, kr, B->norm_k_rope, c->eps, 1, &rope));
     kn_tensor att = kn_cols(kn_rows(m->att, 0, Nt), 0, (int64_t)H * dh);
     for (int b = 0; b < n; b++) {
         kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
@@ -325,18 +315,14 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
             TRY(kn_attention(be, kn_rows(olat, (int64_t)b * N, N), qb, &kv, H, scale));
             continue;
         }
-        /* rebuild: gather the window's latent rows, then per-head keys [k_c,h | k_r] and values
-         * with two GEMMs, and attend over them as per-head attention */
-        int64_t T = kv.n_tokens, pt = kv.page_tokens;
-        for (int64_t p = 0; p * pt < T; p++) {
-            kn_tensor page = {.buf = kv.buf, .dtype = kv.dtype, .rows = pt, .cols = dc + dr, .ld = kv.row_stride,
-                              .off = kv.off + (size_t)kv.pages[p] * (size_t)kv.page_stride * kn_dtype_size(kv.dtype)};
-            TRY(kn_copy(be, kn_rows(m->lat_tmp, p * pt, pt), page));
-        }
+        /* rebuild: gather the window's latent rows (one kn_kv_load over its pages), then every
+         * head's key [k_c,h | k_r] and value with one GEMM, and attend over them as per-head
+         * attention */
+        int64_t T = kv.n_tokens;
         kn_tensor lat = kn_rows(m->lat_tmp, 0, T), kvr = kn_rows(m->kvr, 0, T);
+        TRY(kn_kv_load(be, lat, &kv, 0, 0));
         int64_t kw_cols = (int64_t)H * (dh + dr);
-        TRY(kn_linear(be, kn_cols(kvr, 0, kw_cols), lat, m->kw[layer], NULL));
-        TRY(kn_linear(be, kn_cols(kvr, kw_cols, (int64_t)H * dh), kn_cols(lat, 0, dc), B->v_up, NULL));
+        TRY(kn_linear(be, kvr, lat, m->kw[layer], NULL)); /* [T, keys | values] */
         kn_kv rk = rows_kv(kvr, H, dh + dr, dh, kw_cols);
         TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), qb, &rk, H, scale));
     }
@@ -388,28 +374,28 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
         TRY(kn_patchify(be, kn_rows(tok, (int64_t)b * N, N), it[b].lat, c->in_ch, m->F, m->h, m->wd));
     TRY(linear(m, x, tok, &w->patch));
     trace(m, "patch", kn_rows(x, 0, N));
+    /* the RoPE angles of every stream's tokens, once for all layers */
+    int f0[64];
+    for (int b = 0; b < n; b++)
+        f0[b] = it[b].f0;
+    TRY(kn_rope3d_table(be, kn_rows(m->rope, 0, Nt), f0, n, m->F, m->h / 2, m->wd / 2, c->rope_theta));
+    /* per stream: [shift1 | scale1 | gate1 | shift2 | scale2 | gate2] as [n, 6D]; column block i is
+     * the per-stream vector (one group a stream) of the ops below */
+    kn_tensor mod = kn_reshape(kn_rows(m->mod, 0, 6 * (int64_t)n), n, 6 * D);
+#define MOD(i) kn_cols(mod, (int64_t)(i) * D, D)
 
     for (int l = 0; l < c->layers; l++) {
         const eng_block_weights *B = &w->blocks[l];
-        /* mod_b = modulation + e0_b: rows shift1, scale1, gate1, shift2, scale2, gate2 */
-        for (int b = 0; b < n; b++) {
-            kn_tensor e0b = kn_reshape(kn_rows(e0, b, 1), 6, D);
-            TRY(kn_axpby(be, kn_rows(m->mod, 6 * b, 6), 1.0f, B->modulation, 1.0f, &e0b));
-        }
-#define MOD(b, i) kn_rows(m->mod, 6 * (b) + (i), 1)
+        /* mod_b = modulation + e0_b for every stream b */
+        kn_tensor modw = kn_reshape(B->modulation, 1, 6 * D);
+        TRY(kn_axpby(be, mod, 1.0f, e0, 1.0f, &modw));
         /* x += SA(LN(x) * (1 + scale1) + shift1) * gate1 */
-        TRY(kn_layernorm(be, xn, x, NULL, NULL, c->eps));
-        for (int b = 0; b < n; b++) {
-            kn_tensor xb = kn_rows(xn, (int64_t)b * N, N);
-            TRY(kn_modulate(be, xb, xb, MOD(b, 0), MOD(b, 1)));
-        }
+        TRY(kn_layernorm_modulate(be, xn, x, MOD(0), MOD(1), c->eps));
         TRY(self_attention(m, B, l, it, n, xn, y));
         if (cache_only && l == c->layers - 1)
             break; /* the last layer's keys are written: nothing after them is needed */
-        for (int b = 0; b < n; b++) {
-            kn_tensor g = MOD(b, 2);
-            TRY(kn_gate_add(be, kn_rows(x, (int64_t)b * N, N), kn_rows(y, (int64_t)b * N, N), &g));
-        }
+        kn_tensor g1 = MOD(2);
+        TRY(kn_gate_add(be, x, y, &g1));
         /* x += CA(norm3(x), ctx) */
         kn_tensor q = kn_cols(kn_rows(m->q, 0, Nt), 0, D), att = kn_cols(kn_rows(m->att, 0, Nt), 0, D);
         TRY(kn_layernorm(be, xn, x, &B->norm3_w, &B->norm3_b, c->eps));
@@ -423,38 +409,29 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
         TRY(linear(m, y, att, &B->co));
         TRY(kn_gate_add(be, x, y, NULL));
         /* x += FFN(LN(x) * (1 + scale2) + shift2) * gate2 */
-        TRY(kn_layernorm(be, xn, x, NULL, NULL, c->eps));
-        for (int b = 0; b < n; b++) {
-            kn_tensor xb = kn_rows(xn, (int64_t)b * N, N);
-            TRY(kn_modulate(be, xb, xb, MOD(b, 3), MOD(b, 4)));
-        }
-        TRY(linear(m, ff, xn, &B->ffn0));
-        TRY(kn_gelu_tanh(be, ff, ff));
+        TRY(kn_layernorm_modulate(be, xn, x, MOD(3), MOD(4), c->eps));
+        TRY(kn_linear_gelu(be, ff, xn, B->ffn0.w, bias(&B->ffn0)));
         TRY(linear(m, y, ff, &B->ffn2));
-        for (int b = 0; b < n; b++) {
-            kn_tensor g = MOD(b, 5);
-            TRY(kn_gate_add(be, kn_rows(x, (int64_t)b * N, N), kn_rows(y, (int64_t)b * N, N), &g));
-        }
-#undef MOD
+        kn_tensor g2 = MOD(5);
+        TRY(kn_gate_add(be, x, y, &g2));
         if (m->trace) {
             char name[32];
             snprintf(name, sizeof name, "block.%d", l);
             trace(m, name, kn_rows(x, 0, N));
         }
     }
+#undef MOD
     if (cache_only)
         return KN_OK;
 
     /* head: shift, scale = head.modulation + e; out = head(LN(x) * (1 + scale) + shift) */
     kn_tensor hout = kn_rows(m->hout, 0, Nt);
-    TRY(kn_layernorm(be, xn, x, NULL, NULL, c->eps));
-    for (int b = 0; b < n; b++) {
-        kn_tensor eb = kn_rows(e, b, 1);
-        for (int i = 0; i < 2; i++)
-            TRY(kn_axpby(be, kn_rows(m->hmod, 2 * b + i, 1), 1.0f, kn_rows(w->head_mod, i, 1), 1.0f, &eb));
-        kn_tensor xb = kn_rows(xn, (int64_t)b * N, N);
-        TRY(kn_modulate(be, xb, xb, kn_rows(m->hmod, 2 * b, 1), kn_rows(m->hmod, 2 * b + 1, 1)));
+    kn_tensor hmod = kn_reshape(kn_rows(m->hmod, 0, 2 * (int64_t)n), n, 2 * D); /* [shift | scale] a stream */
+    for (int i = 0; i < 2; i++) {
+        kn_tensor hw = kn_rows(w->head_mod, i, 1);
+        TRY(kn_axpby(be, kn_cols(hmod, (int64_t)i * D, D), 1.0f, e, 1.0f, &hw));
     }
+    TRY(kn_layernorm_modulate(be, xn, x, kn_cols(hmod, 0, D), kn_cols(hmod, D, D), c->eps));
     TRY(linear(m, hout, xn, &w->head));
     trace(m, "head", kn_rows(hout, 0, N));
     for (int b = 0; b < n; b++)

@@ -34,12 +34,14 @@ typedef struct {
     /* activations, [max_batch * N, ...] unless noted */
     kn_tensor sin, e_h, e, es, e0, mod, hmod; /* per stream: [B, .] ; mod [B*6, D]; hmod [B*2, D] */
     kn_tensor tok, x, xn, q, k, v, att, y, ff, hout;
+    kn_tensor rope; /* [B*N, d] f32: (cos, sin) of every token's RoPE pairs, for the pass's streams */
     kn_tensor qr, ckv, kr, qt, qa, olat; /* MLA */
     int mla_rebuild;   /* MLA attention: 1 rebuild per-head K/V from the latent window, 0 absorb */
     kn_tensor lat_tmp; /* rebuild: [T_max, dc+dr] the window's latent rows, gathered */
     kn_tensor kvr;     /* rebuild: [T_max, H*(dh+dr) + H*dh] per-head keys | values */
     kn_buffer_t *kw_buf;
-    kn_tensor *kw;     /* rebuild, per layer: [H*(dh+dr), dc+dr] = per head [k_up_h 0; 0 I_dr] */
+    kn_tensor *kw;     /* rebuild, per layer: [H*(dh+dr) + H*dh, dc+dr] = [per head [k_up_h 0; 0 I_dr];
+                          v_up 0]: one GEMM gives every head's key and value */
     kn_tensor ctx_in, ctx_h, ctx;        /* [text_len, .] */
     kn_tensor zero_row;                  /* [1, text_dim] of zeros */
     /* decoder */

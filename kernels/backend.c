@@ -229,6 +229,11 @@ static int contiguous(kn_tensor t) { return t.ld == t.cols || t.rows <= 1; }
 #define SAME(a, b, name)                                                                          \
     CHECK((a).rows == (b).rows && (a).cols == (b).cols, "%s: shape [%lld,%lld] vs [%lld,%lld]",   \
           name, (long long)(a).rows, (long long)(a).cols, (long long)(b).rows, (long long)(b).cols)
+/* a per-group vector of x (backend.h): [G, x.cols], G >= 1 dividing x.rows */
+#define GROUPS(v, x, name)                                                                        \
+    CHECK(view_ok(v) && (v).cols == (x).cols && (v).rows >= 1 && (x).rows % (v).rows == 0,        \
+          "%s: expected [G, %lld] with G dividing %lld rows, got [%lld, %lld]", name,             \
+          (long long)(x).cols, (long long)(x).rows, (long long)(v).rows, (long long)(v).cols)
 #define VEC(v, n, name)                                                                           \
     CHECK(view_ok(v) && kn_nelem(v) == (n) && contiguous(v), "%s: expected a vector of %lld",     \
           name, (long long)(n))
@@ -253,7 +258,7 @@ kn_status kn_sync(kn_backend_t *be)
     return be->ops->sync(be);
 }
 
-kn_status kn_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
+static kn_status linear_args(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
 {
     VIEW(y, "linear y");
     VIEW(x, "linear x");
@@ -264,7 +269,27 @@ kn_status kn_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, con
           (long long)y.cols);
     if (b)
         VEC(*b, w.rows, "linear bias");
+    return KN_OK;
+}
+
+kn_status kn_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
+{
+    kn_status st = linear_args(be, y, x, w, b);
+    if (st != KN_OK)
+        return st;
     CALL(linear, y, x, w, b);
+}
+
+kn_status kn_linear_gelu(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
+{
+    kn_status st = linear_args(be, y, x, w, b);
+    if (st != KN_OK)
+        return st;
+    if (!be->ops->linear_gelu) { /* the backend has no fused form: the two ops */
+        st = kn_linear(be, y, x, w, b);
+        return st != KN_OK ? st : kn_gelu_tanh(be, y, y);
+    }
+    CALL(linear_gelu, y, x, w, b);
 }
 
 kn_status kn_matmul_heads(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, int heads,
@@ -310,9 +335,24 @@ kn_status kn_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shif
     VIEW(y, "modulate y");
     VIEW(x, "modulate x");
     SAME(y, x, "modulate");
-    VEC(shift, x.cols, "modulate shift");
-    VEC(scale, x.cols, "modulate scale");
+    GROUPS(shift, x, "modulate shift");
+    GROUPS(scale, x, "modulate scale");
+    CHECK(shift.rows == scale.rows, "modulate: %lld shift rows, %lld scale rows", (long long)shift.rows,
+          (long long)scale.rows);
     CALL(modulate, y, x, shift, scale);
+}
+
+kn_status kn_layernorm_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift,
+                                kn_tensor scale, float eps)
+{
+    VIEW(y, "layernorm_modulate y");
+    VIEW(x, "layernorm_modulate x");
+    SAME(y, x, "layernorm_modulate");
+    GROUPS(shift, x, "layernorm_modulate shift");
+    GROUPS(scale, x, "layernorm_modulate scale");
+    CHECK(shift.rows == scale.rows, "layernorm_modulate: %lld shift rows, %lld scale rows",
+          (long long)shift.rows, (long long)scale.rows);
+    CALL(layernorm_modulate, y, x, shift, scale, eps);
 }
 
 kn_status kn_gate_add(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tensor *gate)
@@ -321,7 +361,7 @@ kn_status kn_gate_add(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tenso
     VIEW(x, "gate_add x");
     SAME(y, x, "gate_add");
     if (gate)
-        VEC(*gate, x.cols, "gate_add gate");
+        GROUPS(*gate, x, "gate_add gate");
     CALL(gate_add, x, y, gate);
 }
 
@@ -330,7 +370,9 @@ kn_status kn_axpby(kn_backend_t *be, kn_tensor y, float a, kn_tensor x, float b,
     VIEW(y, "axpby y");
     VIEW(x, "axpby x");
     SAME(y, x, "axpby");
-    if (z) {
+    if (z && z->rows != x.rows)
+        GROUPS(*z, x, "axpby z");
+    else if (z) {
         VIEW(*z, "axpby z");
         SAME(*z, x, "axpby");
     }
@@ -389,6 +431,43 @@ kn_status kn_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, in
     CHECK(f0 >= 0 && nf >= 0 && gh > 0 && gw > 0 && x.rows == (int64_t)nf * gh * gw,
           "rope3d: %lld rows for a %dx%dx%d grid", (long long)x.rows, nf, gh, gw);
     CALL(rope3d, x, heads, f0, nf, gh, gw, theta);
+}
+
+kn_status kn_rope3d_table(kn_backend_t *be, kn_tensor table, const int *f0, int n, int nf, int gh,
+                          int gw, double theta)
+{
+    VIEW(table, "rope3d_table");
+    CHECK(table.dtype == KN_F32, "rope3d_table: the table is f32, not %s", kn_dtype_name(table.dtype));
+    CHECK(table.cols % 2 == 0 && table.cols >= 6, "rope3d_table: width %lld is not an even d >= 6",
+          (long long)table.cols);
+    CHECK(n >= 1 && n <= KN_ROPE_MAX_STREAMS && f0, "rope3d_table: 1..%d streams, not %d",
+          KN_ROPE_MAX_STREAMS, n);
+    CHECK(nf >= 0 && gh > 0 && gw > 0 && table.rows == (int64_t)n * nf * gh * gw,
+          "rope3d_table: %lld rows for %d streams of a %dx%dx%d grid", (long long)table.rows, n, nf, gh,
+          gw);
+    CHECK(theta > 1.0, "rope3d_table: theta %g", theta);
+    for (int s = 0; s < n; s++)
+        CHECK(f0[s] >= 0, "rope3d_table: frame index %d", f0[s]);
+    CALL(rope3d_table, table, f0, n, nf, gh, gw, theta);
+}
+
+kn_status kn_rmsnorm_rope(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps,
+                          int heads, const kn_tensor *table)
+{
+    VIEW(x, "rmsnorm_rope x");
+    VIEW(y, "rmsnorm_rope y");
+    VEC(w, x.cols, "rmsnorm_rope weight");
+    CHECK(heads > 0 && x.cols % heads == 0 && y.cols == x.cols / heads && y.rows == x.rows * heads,
+          "rmsnorm_rope: y [%lld, %lld] is not the %d heads of x [%lld, %lld] as rows", (long long)y.rows,
+          (long long)y.cols, heads, (long long)x.rows, (long long)x.cols);
+    if (table) {
+        VIEW(*table, "rmsnorm_rope table");
+        CHECK(table->dtype == KN_F32, "rmsnorm_rope: the table is f32, not %s", kn_dtype_name(table->dtype));
+        CHECK(table->cols == y.cols && table->cols % 2 == 0 && table->rows == x.rows,
+              "rmsnorm_rope: table [%lld, %lld] for %d heads of x [%lld, %lld]", (long long)table->rows,
+              (long long)table->cols, heads, (long long)x.rows, (long long)x.cols);
+    }
+    CALL(rmsnorm_rope, y, x, w, eps, heads, table);
 }
 
 kn_status kn_timestep_embed(kn_backend_t *be, kn_tensor y, const float *t, int n)
@@ -459,6 +538,16 @@ kn_status kn_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t c
           (long long)(tok0 + src.rows), kv ? (long long)kv->n_tokens : 0LL);
     CHECK(kv_ok(kv, col + src.cols), "kv_store: destination outside its buffer or malformed");
     CALL(kv_store, kv, tok0, col, src);
+}
+
+kn_status kn_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col)
+{
+    VIEW(dst, "kv_load dst");
+    CHECK(kv && tok0 >= 0 && col >= 0 && tok0 + dst.rows <= kv->n_tokens,
+          "kv_load: tokens %lld..%lld outside the %lld listed", (long long)tok0,
+          (long long)(tok0 + dst.rows), kv ? (long long)kv->n_tokens : 0LL);
+    CHECK(kv_ok(kv, col + dst.cols), "kv_load: source outside its buffer or malformed");
+    CALL(kv_load, dst, kv, tok0, col);
 }
 
 kn_status kn_patchify(kn_backend_t *be, kn_tensor tok, kn_tensor lat, int C, int nf, int h, int w)

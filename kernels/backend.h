@@ -132,6 +132,10 @@ kn_status kn_sync(kn_backend_t *be);
 /* y = x @ w^T + b.  x [N, in], w [out, in], b [1, out] or NULL, y [N, out]. */
 kn_status kn_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b);
 
+/* y = gelu_tanh(x @ w^T + b): kn_linear then kn_gelu_tanh, fused where the backend can (the GPU's
+ * GEMM epilogue). */
+kn_status kn_linear_gelu(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b);
+
 /* Per-head products with a weight whose rows are grouped by head (MLA absorption).
  * KN_HEADS_XW : x [N, H*a], w [H*a, b]  ->  y[n, h*b + j] = sum_i x[n, h*a + i] * w[h*a + i, j]
  * KN_HEADS_XWT: x [N, H*a], w [H*b, a]  ->  y[n, h*b + j] = sum_i x[n, h*a + i] * w[h*b + j, i] */
@@ -144,11 +148,21 @@ kn_status kn_layernorm(kn_backend_t *be, kn_tensor y, kn_tensor x, const kn_tens
                        const kn_tensor *b, float eps);
 /* Row-wise RMSNorm with weight w [1, cols]. y may alias x. */
 kn_status kn_rmsnorm(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps);
-/* adaLN: y = x * (1 + scale) + shift, shift and scale [1, cols]. y may alias x. */
+/* Per-group vectors. The ops below that take a "[G, cols]" vector split x's rows into G equal,
+ * consecutive groups (G must divide x.rows) and give group g (rows g*R .. g*R + R - 1, R =
+ * x.rows / G) row g of the vector: a batch of streams, one group a stream, in one call. G = 1 is
+ * one vector for all rows. The vector's rows may be strided (ld >= cols). */
+
+/* adaLN: y = x * (1 + scale_g) + shift_g, shift and scale [G, cols]. y may alias x. */
 kn_status kn_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale);
-/* Gated residual: x += y * gate (gate [1, cols], or NULL for 1). */
+/* LayerNorm without affine, then kn_modulate, in one pass: y = LN(x) * (1 + scale_g) + shift_g.
+ * y may alias x. */
+kn_status kn_layernorm_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift,
+                                kn_tensor scale, float eps);
+/* Gated residual: x += y * gate_g (gate [G, cols], or NULL for 1). */
 kn_status kn_gate_add(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tensor *gate);
-/* Elementwise: y = a*x + b*z (z may be NULL: y = a*x). Same shapes; y may alias x or z. */
+/* Elementwise: y = a*x + b*z (z may be NULL: y = a*x). z is x's shape, or [G, cols] per group
+ * (G = 1: one row added to every row). y may alias x or z. */
 kn_status kn_axpby(kn_backend_t *be, kn_tensor y, float a, kn_tensor x, float b, const kn_tensor *z);
 kn_status kn_gelu_tanh(kn_backend_t *be, kn_tensor y, kn_tensor x);
 kn_status kn_silu(kn_backend_t *be, kn_tensor y, kn_tensor x);
@@ -163,6 +177,23 @@ kn_status kn_copy(kn_backend_t *be, kn_tensor y, kn_tensor x);
 kn_status kn_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, int gh, int gw,
                     double theta);
 
+/* The same rotation from a table, for a batch of streams in one call. kn_rope3d_table fills table
+ * (f32, [n*nf*gh*gw, d]) with (cos, sin) of every pair's angle (computed in float64, as kn_rope3d)
+ * for n streams of nf frames each, stream s's frames starting at index f0[s] (a host array of n <=
+ * KN_ROPE_MAX_STREAMS values): row s*nf*gh*gw + t is token t of stream s, entries 2j, 2j+1 the
+ * cos and sin of pair j. The table serves every layer of a pass.
+ * kn_rmsnorm_rope: y = rope(rmsnorm(x, w)) by heads: x [R, heads*d] is normalised over its whole row,
+ * head h of row r is rotated by table row r (table [R, d], or NULL: no rotation) and written to row
+ * r*heads + h of y [R*heads, d]. y may be x itself seen as [R*heads, d] (in place), or a strided
+ * view elsewhere: the MLA query [q_c,h | q_r,h] is assembled by two calls writing the two column
+ * ranges of one [R*heads, dh+dr] view. The query/key normalisation, the rotation and the layout in
+ * one pass. */
+#define KN_ROPE_MAX_STREAMS 64
+kn_status kn_rope3d_table(kn_backend_t *be, kn_tensor table, const int *f0, int n, int nf, int gh,
+                          int gw, double theta);
+kn_status kn_rmsnorm_rope(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps,
+                          int heads, const kn_tensor *table);
+
 /* Timestep sinusoid: y [n, dim] row i = [cos(t[i]*f), sin(t[i]*f)], f = 10000^(-k/(dim/2)),
  * computed in float64. t is a host array of n values. */
 kn_status kn_timestep_embed(kn_backend_t *be, kn_tensor y, const float *t, int n);
@@ -174,6 +205,9 @@ kn_status kn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
 /* Store src [n, w] into token rows tok0 .. tok0+n-1 of kv at column offset col (converting to
  * the kv dtype); the pages of those tokens must be listed in kv->pages. */
 kn_status kn_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+/* The inverse: dst [n, w] = token rows tok0 .. tok0+n-1 of kv, columns col .. col+w-1 (converting
+ * to dst's dtype); one call gathers a stream's window from its pages. */
+kn_status kn_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col);
 
 /* Patchify a latent [C, nf*h*w] (channel-major, frames, rows, columns) into tokens
  * [nf*(h/2)*(w/2), C*4]; unpatchify is the inverse layout of the head's output

@@ -26,12 +26,16 @@ typedef struct kn_backend_ops {
     kn_status (*sync)(kn_backend_t *be);
 
     kn_status (*linear)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b);
+    /* optional (NULL: kn_linear_gelu runs linear, then gelu_tanh) */
+    kn_status (*linear_gelu)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b);
     kn_status (*matmul_heads)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, int heads,
                               kn_heads_mode mode);
     kn_status (*layernorm)(kn_backend_t *be, kn_tensor y, kn_tensor x, const kn_tensor *w,
                            const kn_tensor *b, float eps);
     kn_status (*rmsnorm)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps);
     kn_status (*modulate)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale);
+    kn_status (*layernorm_modulate)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift,
+                                    kn_tensor scale, float eps);
     kn_status (*gate_add)(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tensor *gate);
     kn_status (*axpby)(kn_backend_t *be, kn_tensor y, float a, kn_tensor x, float b, const kn_tensor *z);
     kn_status (*gelu_tanh)(kn_backend_t *be, kn_tensor y, kn_tensor x);
@@ -41,10 +45,15 @@ typedef struct kn_backend_ops {
     kn_status (*copy)(kn_backend_t *be, kn_tensor y, kn_tensor x);
     kn_status (*rope3d)(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, int gh, int gw,
                         double theta);
+    kn_status (*rope3d_table)(kn_backend_t *be, kn_tensor table, const int *f0, int n, int nf, int gh,
+                              int gw, double theta);
+    kn_status (*rmsnorm_rope)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps, int heads,
+                              const kn_tensor *table);
     kn_status (*timestep_embed)(kn_backend_t *be, kn_tensor y, const float *t, int n);
     kn_status (*attention)(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
                            float scale);
     kn_status (*kv_store)(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+    kn_status (*kv_load)(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col);
     kn_status (*patchify)(kn_backend_t *be, kn_tensor tok, kn_tensor lat, int C, int nf, int h, int w);
     kn_status (*unpatchify)(kn_backend_t *be, kn_tensor lat, kn_tensor tok, int C, int nf, int h, int w);
     kn_status (*conv2d3x3)(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b,

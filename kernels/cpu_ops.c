@@ -120,13 +120,18 @@ kn_status cpu_rmsnorm(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, f
     return KN_OK;
 }
 
+/* row g of a per-group vector (backend.h) for row r of x */
+static inline const float *grp(kn_tensor v, int64_t r, int64_t rows)
+{
+    return rowp(v, r / (rows / v.rows));
+}
+
 kn_status cpu_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale)
 {
     F32_ONLY(y, "modulate");
     F32_ONLY(x, "modulate");
-    const float *sh = vecp(shift), *sc = vecp(scale);
     for (int64_t r = 0; r < x.rows; r++) {
-        const float *xr = rowp(x, r);
+        const float *xr = rowp(x, r), *sh = grp(shift, r, x.rows), *sc = grp(scale, r, x.rows);
         float *yr = rowp(y, r);
         for (int64_t c = 0; c < x.cols; c++)
             yr[c] = xr[c] * (1.0f + sc[c]) + sh[c];
@@ -134,14 +139,22 @@ kn_status cpu_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shi
     return KN_OK;
 }
 
+kn_status cpu_layernorm_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift,
+                                 kn_tensor scale, float eps)
+{
+    /* the same values as kn_layernorm then kn_modulate: the normalised value is rounded to f32
+     * before the modulation in both */
+    kn_status st = cpu_layernorm(be, y, x, NULL, NULL, eps);
+    return st == KN_OK ? cpu_modulate(be, y, y, shift, scale) : st;
+}
+
 kn_status cpu_gate_add(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tensor *gate)
 {
     F32_ONLY(y, "gate_add");
     F32_ONLY(x, "gate_add");
-    const float *g = gate ? vecp(*gate) : NULL;
     for (int64_t r = 0; r < x.rows; r++) {
         float *xr = rowp(x, r);
-        const float *yr = rowp(y, r);
+        const float *yr = rowp(y, r), *g = gate ? grp(*gate, r, x.rows) : NULL;
         for (int64_t c = 0; c < x.cols; c++)
             xr[c] += g ? yr[c] * g[c] : yr[c];
     }
@@ -154,7 +167,7 @@ kn_status cpu_axpby(kn_backend_t *be, kn_tensor y, float a, kn_tensor x, float b
     F32_ONLY(x, "axpby");
     for (int64_t r = 0; r < x.rows; r++) {
         const float *xr = rowp(x, r);
-        const float *zr = z ? rowp(*z, r) : NULL;
+        const float *zr = z ? (z->rows == x.rows ? rowp(*z, r) : grp(*z, r, x.rows)) : NULL;
         float *yr = rowp(y, r);
         for (int64_t c = 0; c < x.cols; c++)
             yr[c] = zr ? a * xr[c] + b * zr[c] : a * xr[c];
@@ -238,24 +251,32 @@ kn_status cpu_copy(kn_backend_t *be, kn_tensor y, kn_tensor x)
  * ds = 2*(d/6): pairs [0, dt/2) rotate by the frame index with freq theta^(-2k/dt), the next ds/2
  * by the row, the last ds/2 by the column, with freq theta^(-2k/ds). Angles and the product in
  * float64, as Wan does. */
+/* The angle frequency of each of the d/2 pairs (docs/MODEL.md §4): the first dt/2 pairs turn with
+ * the frame index, the next ds/2 with the row, the last ds/2 with the column. */
+static void rope_freqs(double *freq, int d, double theta, int *pt, int *ps)
+{
+    int half = d / 2, dt = d - 4 * (d / 6), ds = 2 * (d / 6);
+    *pt = dt / 2;
+    *ps = ds / 2;
+    for (int j = 0; j < half; j++) {
+        if (j < *pt)
+            freq[j] = pow(theta, -2.0 * j / dt);
+        else if (j < *pt + *ps)
+            freq[j] = pow(theta, -2.0 * (j - *pt) / ds);
+        else
+            freq[j] = pow(theta, -2.0 * (j - *pt - *ps) / ds);
+    }
+}
+
 kn_status cpu_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, int gh, int gw,
                      double theta)
 {
     F32_ONLY(x, "rope3d");
-    int d = (int)(x.cols / heads), half = d / 2;
-    int dt = d - 4 * (d / 6), ds = 2 * (d / 6);
-    int pt = dt / 2, ps = ds / 2;
+    int d = (int)(x.cols / heads), half = d / 2, pt, ps;
     double freq[512];
     if (half > 512)
         return kn_fail(be, KN_ERR_UNSUPPORTED, "rope3d: head width %d over 1024", d);
-    for (int j = 0; j < half; j++) {
-        if (j < pt)
-            freq[j] = pow(theta, -2.0 * j / dt);
-        else if (j < pt + ps)
-            freq[j] = pow(theta, -2.0 * (j - pt) / ds);
-        else
-            freq[j] = pow(theta, -2.0 * (j - pt - ps) / ds);
-    }
+    rope_freqs(freq, d, theta, &pt, &ps);
     int64_t n = 0;
     for (int f = 0; f < nf; f++)
         for (int yy = 0; yy < gh; yy++)
@@ -277,6 +298,66 @@ kn_status cpu_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, i
                     }
                 }
             }
+    return KN_OK;
+}
+
+kn_status cpu_rope3d_table(kn_backend_t *be, kn_tensor table, const int *f0, int n, int nf, int gh,
+                           int gw, double theta)
+{
+    int d = (int)table.cols, half = d / 2, pt, ps;
+    double freq[512];
+    if (half > 512)
+        return kn_fail(be, KN_ERR_UNSUPPORTED, "rope3d_table: head width %d over 1024", d);
+    rope_freqs(freq, d, theta, &pt, &ps);
+    int64_t r = 0;
+    for (int s = 0; s < n; s++)
+        for (int f = 0; f < nf; f++)
+            for (int yy = 0; yy < gh; yy++)
+                for (int xx = 0; xx < gw; xx++, r++) {
+                    float *row = rowp(table, r);
+                    for (int j = 0; j < half; j++) {
+                        double pos = j < pt ? (double)(f0[s] + f) : j < pt + ps ? (double)yy : (double)xx;
+                        double ang = pos * freq[j];
+                        row[2 * j] = (float)cos(ang);
+                        row[2 * j + 1] = (float)sin(ang);
+                    }
+                }
+    return KN_OK;
+}
+
+kn_status cpu_rmsnorm_rope(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps, int heads,
+                           const kn_tensor *table)
+{
+    F32_ONLY(x, "rmsnorm_rope");
+    F32_ONLY(y, "rmsnorm_rope");
+    int64_t d = y.cols;
+    float *row = cpu_scratch(be, (size_t)x.cols);
+    if (!row)
+        return kn_fail(be, KN_ERR_NOMEM, "rmsnorm_rope: scratch");
+    const float *wv = vecp(w);
+    for (int64_t r = 0; r < x.rows; r++) {
+        const float *xr = rowp(x, r);
+        double ss = 0; /* as cpu_rmsnorm */
+        for (int64_t c = 0; c < x.cols; c++)
+            ss += (double)xr[c] * xr[c];
+        float inv = (float)(1.0 / sqrt(ss / (double)x.cols + eps));
+        for (int64_t c = 0; c < x.cols; c++) /* the whole row first: y may be x */
+            row[c] = xr[c] * inv * wv[c];
+        const float *t = table ? rowp(*table, r) : NULL;
+        for (int h = 0; h < heads; h++) {
+            const float *v = row + (int64_t)h * d;
+            float *o = rowp(y, r * heads + h);
+            if (!t) {
+                memcpy(o, v, (size_t)d * sizeof(float));
+                continue;
+            }
+            for (int64_t j = 0; j < d / 2; j++) {
+                double a = v[2 * j], b = v[2 * j + 1], cs = t[2 * j], sn = t[2 * j + 1];
+                o[2 * j] = (float)(a * cs - b * sn);
+                o[2 * j + 1] = (float)(a * sn + b * cs);
+            }
+        }
+    }
     return KN_OK;
 }
 
@@ -403,6 +484,18 @@ kn_status cpu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t 
         const float *sr = rowp(src, r);
         for (int64_t c = 0; c < src.cols; c++)
             kn_store(dst, kv->dtype, (size_t)(col + c), sr[c]);
+    }
+    return KN_OK;
+}
+
+kn_status cpu_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col)
+{
+    F32_ONLY(dst, "kv_load");
+    for (int64_t r = 0; r < dst.rows; r++) {
+        const char *src = kv_row(kv, tok0 + r);
+        float *dr = rowp(dst, r);
+        for (int64_t c = 0; c < dst.cols; c++)
+            dr[c] = kn_load(src, kv->dtype, (size_t)(col + c));
     }
     return KN_OK;
 }

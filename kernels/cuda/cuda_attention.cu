@@ -173,6 +173,60 @@ kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t c
     return cu_launched(be, "kv_store");
 }
 
+/* ---- the KV load: token rows tok0.. at column col into dst [n, w] (kn_kv_load) ------------------ */
+__global__ void k_kv_load(dview dst, kvdev kv, int64_t t0, int64_t col, int64_t rows, int64_t cols)
+{
+    for (int64_t r = (int64_t)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (int64_t)gridDim.y * blockDim.y) {
+        int64_t e = kv_row(kv, t0 + r) + col;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x)
+            dv_set(dst, r, c, ld_el(kv.base, kv.dt, e + c));
+    }
+}
+
+__global__ void k_kv_load_v8(dview dst, kvdev kv, int64_t t0, int64_t col, int64_t rows, int64_t cols8)
+{
+    const int64_t n = rows * cols8;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / cols8, c = (i - r * cols8) * 8;
+        *(uint4 *)(dst.p + (r * dst.ld + c) * 2) = *(const uint4 *)(kv.base + (kv_row(kv, t0 + r) + col + c) * 2);
+    }
+}
+
+kn_status cu_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col)
+{
+    if (dst.rows == 0 || dst.cols == 0)
+        return KN_OK;
+    kvdev d = kv_dev(kv);
+    int64_t t0 = tok0;
+    kn_status st;
+    if (kv->pages) { /* the pages these rows span */
+        int64_t p0 = tok0 / kv->page_tokens, p1 = (tok0 + dst.rows - 1) / kv->page_tokens;
+        d.pages = cu_pages(be, kv->pages + p0, p1 - p0 + 1, &st);
+        if (!d.pages)
+            return st;
+        t0 = tok0 - p0 * kv->page_tokens;
+    }
+    dview dv = cu_view(dst);
+    if (kv->dtype == KN_BF16 && dst.dtype == KN_BF16 && dst.cols % 8 == 0 && col % 8 == 0 && kv->row_stride % 8 == 0 &&
+        (!kv->pages || kv->page_stride % 8 == 0) && ((uintptr_t)d.base & 15u) == 0 && dv.ld % 8 == 0 &&
+        ((uintptr_t)dv.p & 15u) == 0) {
+        int64_t cols8 = dst.cols / 8, n = dst.rows * cols8, blocks = (n + 255) / 256;
+        if (blocks > 132 * 32)
+            blocks = 132 * 32;
+        k_kv_load_v8<<<(unsigned)blocks, 256, 0, cu_of(be)->stream>>>(dv, d, t0, col, dst.rows, cols8);
+        return cu_launched(be, "kv_load");
+    }
+    int bx = dst.cols >= 256 ? 256 : (int)((dst.cols + 31) / 32 * 32), by = 256 / bx;
+    int64_t gx = (dst.cols + bx - 1) / bx, gy = (dst.rows + by - 1) / by;
+    if (gx > 4096)
+        gx = 4096;
+    if (gy > 65535)
+        gy = 65535;
+    k_kv_load<<<dim3((unsigned)gx, (unsigned)gy), dim3(bx, by), 0, cu_of(be)->stream>>>(dv, d, t0, col, dst.rows,
+                                                                                        dst.cols);
+    return cu_launched(be, "kv_load");
+}
+
 /* ---- the simple kernel --------------------------------------------------------------------------
  * Shared memory (floats): Q [SQ][dk], K [bk][dk+1] (padded: the score loop reads down a column),
  * V [bk][dv], S [SQ][bk] (scores, then probabilities), O [SQ][dv], m, l, corr [SQ]. */

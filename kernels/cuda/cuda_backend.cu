@@ -90,7 +90,9 @@ static size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 /* ---- elementwise ------------------------------------------------------------------------------
  * One kernel for every row/column-wise elementwise op: a 2-D grid, threads along the columns,
- * uniform switch on the op. Vectors (shift, scale, gate, bias) are contiguous [1, n] views. */
+ * uniform switch on the op. Vectors (shift, scale, gate; z of axpby) are per-group views
+ * (backend.h): row r reads the vector's row r / rpg (rpg = rows per group; z of a same-shape axpby
+ * has rpg 1). */
 enum {
     EW_COPY,       /* y = x */
     EW_BCAST,      /* y[r][c] = v1[c] */
@@ -106,19 +108,20 @@ enum {
 };
 
 __global__ void k_ew(int op, dview y, dview x, dview z, dview v1, dview v2, float a, float b, int64_t rows,
-                     int64_t cols)
+                     int64_t cols, int64_t rpg)
 {
     for (int64_t r = (int64_t)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (int64_t)gridDim.y * blockDim.y)
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
              c += (int64_t)gridDim.x * blockDim.x) {
+            int64_t g = r / rpg;
             float v;
             switch (op) {
             case EW_COPY: v = dv_get(x, r, c); break;
             case EW_BCAST: v = ld_el(v1.p, v1.dt, c); break;
-            case EW_MODULATE: v = dv_get(x, r, c) * (1.0f + ld_el(v2.p, v2.dt, c)) + ld_el(v1.p, v1.dt, c); break;
-            case EW_GATE: v = dv_get(y, r, c) + dv_get(x, r, c) * ld_el(v1.p, v1.dt, c); break;
+            case EW_MODULATE: v = dv_get(x, r, c) * (1.0f + dv_get(v2, g, c)) + dv_get(v1, g, c); break;
+            case EW_GATE: v = dv_get(y, r, c) + dv_get(x, r, c) * dv_get(v1, g, c); break;
             case EW_ADD: v = dv_get(y, r, c) + dv_get(x, r, c); break;
-            case EW_AXPBY: v = a * dv_get(x, r, c) + b * dv_get(z, r, c); break;
+            case EW_AXPBY: v = a * dv_get(x, r, c) + b * dv_get(z, g, c); break;
             case EW_AX: v = a * dv_get(x, r, c); break;
             case EW_GELU: {
                 float u = dv_get(x, r, c);
@@ -178,23 +181,25 @@ __device__ __forceinline__ void st8(char *p, const float *f)
 }
 
 template <int OP>
-__global__ void k_ew8(dview y, dview x, dview z, dview v1, dview v2, float a, float b, int64_t rows, int64_t cols8)
+__global__ void k_ew8(dview y, dview x, dview z, dview v1, dview v2, float a, float b, int64_t rows, int64_t cols8,
+                      int64_t rpg)
 {
     const int64_t n = rows * cols8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / cols8, c = (i - r * cols8) * 8;
+        int64_t g = (OP == EW_MODULATE || OP == EW_GATE || OP == EW_AXPBY) ? r / rpg : 0;
         float u[8], o[8], w[8], t[8];
         ld8(x.p + (r * x.ld + c) * 2, u);
         if (OP == EW_MODULATE) {
-            ld8(v1.p + c * 2, w);
-            ld8(v2.p + c * 2, t);
+            ld8(v1.p + (g * v1.ld + c) * 2, w);
+            ld8(v2.p + (g * v2.ld + c) * 2, t);
         }
         if (OP == EW_GATE)
-            ld8(v1.p + c * 2, w);
+            ld8(v1.p + (g * v1.ld + c) * 2, w);
         if (OP == EW_GATE || OP == EW_ADD)
             ld8(y.p + (r * y.ld + c) * 2, t);
         if (OP == EW_AXPBY)
-            ld8(z.p + (r * z.ld + c) * 2, t);
+            ld8(z.p + (g * z.ld + c) * 2, t);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             float v = u[k];
@@ -217,11 +222,13 @@ __global__ void k_ew8(dview y, dview x, dview z, dview v1, dview v2, float a, fl
 /* Whether a bf16 view of `cols` (multiple of 8) columns is 16-byte aligned in every row. */
 static int bf16_vec_ok(dview v) { return v.dt == KN_BF16 && v.ld % 8 == 0 && ((uintptr_t)v.p & 15u) == 0; }
 
-static kn_status ew(kn_backend_t *be, int op, dview y, dview x, dview z, dview v1, dview v2, float a, float b,
-                    int64_t rows, int64_t cols, const char *name)
+static kn_status ew_g(kn_backend_t *be, int op, dview y, dview x, dview z, dview v1, dview v2, float a, float b,
+                      int64_t rows, int64_t cols, int64_t rpg, const char *name)
 {
     if (rows <= 0 || cols <= 0)
         return KN_OK;
+    if (rpg <= 0)
+        rpg = 1;
     int uses_z = op == EW_AXPBY, uses_v1 = op == EW_MODULATE || op == EW_GATE, uses_v2 = op == EW_MODULATE;
     if (cols % 8 == 0 && op <= EW_SILU && op != EW_BCAST && bf16_vec_ok(y) && bf16_vec_ok(x) &&
         (!uses_z || bf16_vec_ok(z)) && (!uses_v1 || bf16_vec_ok(v1)) && (!uses_v2 || bf16_vec_ok(v2))) {
@@ -231,14 +238,14 @@ static kn_status ew(kn_backend_t *be, int op, dview y, dview x, dview z, dview v
         cudaStream_t st = cu_of(be)->stream;
         dim3 g((unsigned)blocks), t(256);
         switch (op) {
-        case EW_COPY: k_ew8<EW_COPY><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
-        case EW_MODULATE: k_ew8<EW_MODULATE><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
-        case EW_GATE: k_ew8<EW_GATE><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
-        case EW_ADD: k_ew8<EW_ADD><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
-        case EW_AXPBY: k_ew8<EW_AXPBY><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
-        case EW_AX: k_ew8<EW_AX><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
-        case EW_GELU: k_ew8<EW_GELU><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
-        default: k_ew8<EW_SILU><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8); break;
+        case EW_COPY: k_ew8<EW_COPY><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
+        case EW_MODULATE: k_ew8<EW_MODULATE><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
+        case EW_GATE: k_ew8<EW_GATE><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
+        case EW_ADD: k_ew8<EW_ADD><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
+        case EW_AXPBY: k_ew8<EW_AXPBY><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
+        case EW_AX: k_ew8<EW_AX><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
+        case EW_GELU: k_ew8<EW_GELU><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
+        default: k_ew8<EW_SILU><<<g, t, 0, st>>>(y, x, z, v1, v2, a, b, rows, cols8, rpg); break;
         }
         return cu_launched(be, name);
     }
@@ -249,8 +256,16 @@ static kn_status ew(kn_backend_t *be, int op, dview y, dview x, dview z, dview v
         gx = 4096;
     if (gy > 65535)
         gy = 65535;
-    k_ew<<<dim3((unsigned)gx, (unsigned)gy), dim3(bx, by), 0, cu_of(be)->stream>>>(op, y, x, z, v1, v2, a, b, rows, cols);
+    k_ew<<<dim3((unsigned)gx, (unsigned)gy), dim3(bx, by), 0, cu_of(be)->stream>>>(op, y, x, z, v1, v2, a, b, rows, cols,
+                                                                                  rpg);
     return cu_launched(be, name);
+}
+
+/* the ops without per-group vectors; a same-shape z */
+static kn_status ew(kn_backend_t *be, int op, dview y, dview x, dview z, dview v1, dview v2, float a, float b,
+                    int64_t rows, int64_t cols, const char *name)
+{
+    return ew_g(be, op, y, x, z, v1, v2, a, b, rows, cols, 1, name);
 }
 
 /* y = x with conversion, strided both sides (also used to stage operands). */
@@ -333,87 +348,180 @@ static kn_status gemm(kn_backend_t *be, cublasOperation_t opa, int m, int n, int
     return blas_check(be, s, "gemm");
 }
 
-/* y = x w^T + b through cublasLt with the BIAS epilogue (the bias added in fp32 before the output
- * is rounded), when the types allow: A = w, B = x of one type, D of that type (or f32), the bias of
- * D's type and 16-byte aligned. *done = 0 (and KN_OK) when this path does not apply or cublasLt
- * finds no algorithm: the caller falls back to broadcast + GEMM with beta = 1. */
-static kn_status lt_linear(kn_backend_t *be, const gemm_plan *p, int m, int n, int k, kn_tensor bias, int *done)
+/* ---- cublasLt plans ---------------------------------------------------------------------------
+ * y = x w^T + b (optionally GELU(tanh) of it) through cublasLt with the BIAS or GELU_BIAS epilogue
+ * (the bias added, and GELU applied, in fp32 before the output is rounded). A plan — the operation
+ * descriptor, the three layouts and the heuristic's algorithm — is built once per shape and kept:
+ * building one costs ~20-40 us of host time (descriptor creation and the heuristic query), more
+ * than the GPU time of a small product, and the engine runs the same few shapes every pass. */
+typedef struct {
+    int m, n, k, dta, dtb, dtc, epi;
+    int64_t lda, ldb, ldc;
+} lt_key;
+
+typedef struct {
+    lt_key key;
+    int used, ok; /* ok = 0: no algorithm for this shape (the caller falls back) */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} lt_plan;
+
+#define LT_PLANS 256
+struct lt_cache {
+    lt_plan p[LT_PLANS];
+    int next; /* the slot replaced next when all are used */
+    long built, hits;
+};
+
+static void lt_plan_clear(lt_plan *e)
+{
+    if (e->lc)
+        cublasLtMatrixLayoutDestroy(e->lc);
+    if (e->lb)
+        cublasLtMatrixLayoutDestroy(e->lb);
+    if (e->la)
+        cublasLtMatrixLayoutDestroy(e->la);
+    if (e->op)
+        cublasLtMatmulDescDestroy(e->op);
+    memset(e, 0, sizeof *e);
+}
+
+static void lt_cache_free(cu_impl *c)
+{
+    if (!c->ltc)
+        return;
+    for (int i = 0; i < LT_PLANS; i++)
+        lt_plan_clear(&c->ltc->p[i]);
+    free(c->ltc);
+    c->ltc = NULL;
+}
+
+/* The plan for this key, built on first use; NULL if none can be built (out of host memory). */
+static lt_plan *lt_plan_get(cu_impl *c, const lt_key *k)
+{
+    if (!c->ltc && !(c->ltc = (struct lt_cache *)calloc(1, sizeof *c->ltc)))
+        return NULL;
+    struct lt_cache *lc = c->ltc;
+    for (int i = 0; i < LT_PLANS && lc->p[i].used; i++)
+        if (!memcmp(&lc->p[i].key, k, sizeof *k)) {
+            lc->hits++;
+            return &lc->p[i];
+        }
+    int slot = -1;
+    for (int i = 0; i < LT_PLANS && slot < 0; i++)
+        if (!lc->p[i].used)
+            slot = i;
+    if (slot < 0) { /* full: replace round-robin (the engine's shapes are far fewer than the slots) */
+        slot = lc->next;
+        lc->next = (lc->next + 1) % LT_PLANS;
+        lt_plan_clear(&lc->p[slot]);
+    }
+    lt_plan *e = &lc->p[slot];
+    memset(e, 0, sizeof *e);
+    e->key = *k;
+    e->used = 1;
+    lc->built++;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)k->epi;
+    uint64_t wsb = c->blas_ws_bytes;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    if (s == CUBLAS_STATUS_SUCCESS) /* A = w: stored k x m column-major (w row-major [m, k]) */
+        s = cublasLtMatrixLayoutCreate(&e->la, cu_dtype(k->dtb), (uint64_t)k->k, (uint64_t)k->m, k->ldb);
+    if (s == CUBLAS_STATUS_SUCCESS) /* B = x: k x n */
+        s = cublasLtMatrixLayoutCreate(&e->lb, cu_dtype(k->dta), (uint64_t)k->k, (uint64_t)k->n, k->lda);
+    if (s == CUBLAS_STATUS_SUCCESS) /* C = D = y: m x n */
+        s = cublasLtMatrixLayoutCreate(&e->lc, cu_dtype(k->dtc), (uint64_t)k->m, (uint64_t)k->n, k->ldc);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceCreate(&pref);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    if (s == CUBLAS_STATUS_SUCCESS) {
+        /* the bias pointer's alignment is part of what the heuristic assumes: plans are for
+         * 16-byte aligned biases (the caller checks) */
+        const void *dummy = c->blas_ws;
+        s = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &dummy, sizeof dummy);
+    }
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic(c->lt, e->op, e->la, e->lb, e->lc, e->lc, pref, 1, &res, &nres);
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (s == CUBLAS_STATUS_SUCCESS && nres > 0) {
+        e->algo = res.algo;
+        e->ok = 1;
+    }
+    return e;
+}
+
+/* *done = 0 (and KN_OK) when this path does not apply (types, alignment) or cublasLt has no
+ * algorithm for the shape: the caller falls back to broadcast + GEMM with beta = 1 (and a separate
+ * GELU). */
+static kn_status lt_linear(kn_backend_t *be, const gemm_plan *p, int m, int n, int k, kn_tensor bias, int gelu,
+                           int *done)
 {
     cu_impl *c = cu_of(be);
     *done = 0;
     dview bv = cu_view(bias);
     if (!c->lt || p->a.dt != p->b.dt || bias.dtype != (kn_dtype)p->c.dt || ((uintptr_t)bv.p & 15u))
         return KN_OK;
-    cublasLtMatmulDesc_t op = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    lt_key key;
+    memset(&key, 0, sizeof key); /* compared with memcmp: no stray padding bytes */
+    key.m = m;
+    key.n = n;
+    key.k = k;
+    key.dta = p->a.dt;
+    key.dtb = p->b.dt;
+    key.dtc = p->c.dt;
+    key.epi = gelu ? (int)CUBLASLT_EPILOGUE_GELU_BIAS : (int)CUBLASLT_EPILOGUE_BIAS;
+    key.lda = p->a.ld;
+    key.ldb = p->b.ld;
+    key.ldc = p->c.ld;
+    lt_plan *e = lt_plan_get(c, &key);
+    if (!e || !e->ok)
+        return KN_OK;
     const void *bp = bv.p;
-    uint64_t wsb = c->blas_ws_bytes;
-    cublasLtMatmulHeuristicResult_t res;
-    int nres = 0;
     const float one = 1.0f, zero = 0.0f;
-    kn_status st = KN_OK;
-    cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasStatus_t s = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
-    if (s == CUBLAS_STATUS_SUCCESS) /* A = w: stored k x m column-major (w row-major [m, k]) */
-        s = cublasLtMatrixLayoutCreate(&la, cu_dtype(p->b.dt), (uint64_t)k, (uint64_t)m, p->b.ld);
-    if (s == CUBLAS_STATUS_SUCCESS) /* B = x: k x n */
-        s = cublasLtMatrixLayoutCreate(&lb, cu_dtype(p->a.dt), (uint64_t)k, (uint64_t)n, p->a.ld);
-    if (s == CUBLAS_STATUS_SUCCESS) /* C = D = y: m x n */
-        s = cublasLtMatrixLayoutCreate(&lc, cu_dtype(p->c.dt), (uint64_t)m, (uint64_t)n, p->c.ld);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceCreate(&pref);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, lc, lc, pref, 1, &res, &nres);
-    if (s == CUBLAS_STATUS_SUCCESS && nres > 0) {
-        s = cublasLtMatmul(c->lt, op, &one, p->b.p, la, p->a.p, lb, &zero, p->c.p, lc, p->c.p, lc, &res.algo, c->blas_ws,
-                           c->blas_ws_bytes, c->stream);
-        if (s == CUBLAS_STATUS_SUCCESS)
-            *done = 1;
-        else
-            st = blas_check(be, s, "cublasLtMatmul");
-    }
-    /* a failure before the product (no algorithm, unsupported layout) is not an error: fall back */
-    if (pref)
-        cublasLtMatmulPreferenceDestroy(pref);
-    if (lc)
-        cublasLtMatrixLayoutDestroy(lc);
-    if (lb)
-        cublasLtMatrixLayoutDestroy(lb);
-    if (la)
-        cublasLtMatrixLayoutDestroy(la);
-    if (op)
-        cublasLtMatmulDescDestroy(op);
-    return st;
+        s = cublasLtMatmul(c->lt, e->op, &one, p->b.p, e->la, p->a.p, e->lb, &zero, p->c.p, e->lc, p->c.p, e->lc,
+                           &e->algo, c->blas_ws, c->blas_ws_bytes, c->stream);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return blas_check(be, s, "cublasLtMatmul");
+    *done = 1;
+    return KN_OK;
 }
 
-static kn_status cu_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
+/* y = x w^T + b, then GELU(tanh) when gelu is set: fused into the product's epilogue when cublasLt
+ * takes it, else the product and a separate pass. */
+static kn_status linear_impl(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b, int gelu)
 {
     if (y.rows == 0 || y.cols == 0)
         return KN_OK;
     kn_status st;
     if (x.cols == 0) { /* an empty sum: y = b or 0 */
         if (b)
-            return ew(be, EW_BCAST, cu_view(y), no_view(), no_view(), cu_view(*b), no_view(), 0, 0, y.rows, y.cols, "linear");
-        return ew(be, EW_AX, cu_view(y), cu_view(y), no_view(), no_view(), no_view(), 0, 0, y.rows, y.cols, "linear");
+            st = ew(be, EW_BCAST, cu_view(y), no_view(), no_view(), cu_view(*b), no_view(), 0, 0, y.rows, y.cols, "linear");
+        else
+            st = ew(be, EW_AX, cu_view(y), cu_view(y), no_view(), no_view(), no_view(), 0, 0, y.rows, y.cols, "linear");
+        if (st == KN_OK && gelu)
+            st = ew(be, EW_GELU, cu_view(y), cu_view(y), no_view(), no_view(), no_view(), 0, 0, y.rows, y.cols, "gelu");
+        return st;
     }
-    gemm_plan p;
+    gemm_plan p = {};
     if ((st = gemm_stage(be, &p, x, w, y)) != KN_OK)
         return st;
-    if (b) { /* the usual case: the bias fused into the product's epilogue (cublasLt) */
+    if (b) { /* the usual case: the bias (and GELU) fused into the product's epilogue (cublasLt) */
         int done = 0;
-        if ((st = lt_linear(be, &p, (int)w.rows, (int)x.rows, (int)x.cols, *b, &done)) != KN_OK)
+        if ((st = lt_linear(be, &p, (int)w.rows, (int)x.rows, (int)x.cols, *b, gelu, &done)) != KN_OK)
             return st;
         if (done)
             return p.via_tmp ? copy_view(be, p.y, p.c, y.rows, y.cols) : KN_OK;
@@ -426,9 +534,21 @@ static kn_status cu_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor
     }
     if ((st = gemm(be, CUBLAS_OP_T, (int)w.rows, (int)x.rows, (int)x.cols, p.b, 0, p.a, 0, beta, p.c, 0, 1)) != KN_OK)
         return st;
-    if (p.via_tmp)
-        return copy_view(be, p.y, p.c, y.rows, y.cols);
+    if (p.via_tmp && (st = copy_view(be, p.y, p.c, y.rows, y.cols)) != KN_OK)
+        return st;
+    if (gelu)
+        return ew(be, EW_GELU, cu_view(y), cu_view(y), no_view(), no_view(), no_view(), 0, 0, y.rows, y.cols, "gelu");
     return KN_OK;
+}
+
+static kn_status cu_linear(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
+{
+    return linear_impl(be, y, x, w, b, 0);
+}
+
+static kn_status cu_linear_gelu(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, const kn_tensor *b)
+{
+    return linear_impl(be, y, x, w, b, 1);
 }
 
 /* Per head h (batch of `heads`), with a = x.cols/H, b = y.cols/H:
@@ -443,7 +563,7 @@ static kn_status cu_matmul_heads(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_
         return KN_OK;
     if (a == 0)
         return ew(be, EW_AX, cu_view(y), cu_view(y), no_view(), no_view(), no_view(), 0, 0, y.rows, y.cols, "matmul_heads");
-    gemm_plan p;
+    gemm_plan p = {};
     kn_status st;
     if ((st = gemm_stage(be, &p, x, w, y)) != KN_OK)
         return st;
@@ -518,10 +638,23 @@ static unsigned grid_rows(int64_t rows) { return (unsigned)rows; } /* rows < 2^3
 
 /* bf16 rows of at most 8192 columns (a multiple of 8), 16-byte aligned: one pass over memory. Each
  * thread holds one 8-value vector of the row in registers through both reductions (statistics in
- * double, as the reference), so the row is read once and written once. */
-template <int LN>
-__global__ void k_norm_v8(dview y, dview x, dview w, dview b, int has_w, int has_b, float eps, int64_t cols)
+ * double, as the reference), so the row is read once and written once. Four forms: RMSNorm,
+ * LayerNorm, LayerNorm + the grouped adaLN modulation (kn_layernorm_modulate), and RMSNorm + the
+ * table RoPE, written by heads (kn_rmsnorm_rope: a thread's 8 values are 4 whole pairs of one head,
+ * as heads are multiples of 8 wide on this path; y is the [rows*heads, d] view). */
+enum { NM_RMS = 0, NM_LN = 1, NM_LN_MOD = 2, NM_RMS_ROPE = 3 };
+typedef struct {
+    dview sh, sc; /* NM_LN_MOD: shift and scale, [G, cols] */
+    int64_t rpg;  /* rows per group */
+    dview tab;    /* NM_RMS_ROPE: the f32 (cos, sin) table, [rows, d], or p NULL: no rotation */
+    int d;        /* NM_RMS_ROPE: head width (y is [rows*heads, d]) */
+} norm_extra;
+
+template <int MODE>
+__global__ void k_norm_v8(dview y, dview x, dview w, dview b, int has_w, int has_b, float eps, int64_t cols,
+                          norm_extra e)
 {
+    const int LN = MODE == NM_LN || MODE == NM_LN_MOD;
     __shared__ double sh[32];
     int64_t r = blockIdx.x, c = (int64_t)threadIdx.x * 8;
     int live = c < cols;
@@ -564,6 +697,27 @@ __global__ void k_norm_v8(dview y, dview x, dview w, dview b, int has_w, int has
         }
         o[k] = t;
     }
+    if (MODE == NM_LN_MOD) {
+        int64_t g = r / e.rpg;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            o[k] = o[k] * (1.0f + dv_get(e.sc, g, c + k)) + dv_get(e.sh, g, c + k);
+    }
+    if (MODE == NM_RMS_ROPE) {
+        int64_t hd = c / e.d, cc = c - hd * e.d;
+        if (e.tab.p) {
+            const float2 *cs = (const float2 *)(e.tab.p + (r * e.tab.ld + cc) * 4);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float2 t = cs[k];
+                float a = o[2 * k], bb = o[2 * k + 1];
+                o[2 * k] = a * t.x - bb * t.y;
+                o[2 * k + 1] = a * t.y + bb * t.x;
+            }
+        }
+        st8(y.p + ((r * (cols / e.d) + hd) * y.ld + cc) * 2, o);
+        return;
+    }
     st8(y.p + (r * y.ld + c) * 2, o);
 }
 
@@ -582,9 +736,10 @@ static kn_status cu_layernorm(kn_backend_t *be, kn_tensor y, kn_tensor x, const 
         return KN_OK;
     int nt = norm_v8_threads(cu_view(y), cu_view(x), x.cols);
     if (nt) {
-        k_norm_v8<1><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(
+        norm_extra ne = {};
+        k_norm_v8<NM_LN><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(
             cu_view(y), cu_view(x), w ? cu_view(*w) : no_view(), b ? cu_view(*b) : no_view(), w != NULL, b != NULL,
-            eps, x.cols);
+            eps, x.cols, ne);
         return cu_launched(be, "layernorm");
     }
     k_layernorm<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(
@@ -599,34 +754,155 @@ static kn_status cu_rmsnorm(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tenso
         return KN_OK;
     int nt = norm_v8_threads(cu_view(y), cu_view(x), x.cols);
     if (nt) {
-        k_norm_v8<0><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w), no_view(), 1,
-                                                                        0, eps, x.cols);
+        norm_extra ne = {};
+        k_norm_v8<NM_RMS><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w),
+                                                                             no_view(), 1, 0, eps, x.cols, ne);
         return cu_launched(be, "rmsnorm");
     }
     k_rmsnorm<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w), eps, x.cols);
     return cu_launched(be, "rmsnorm");
 }
 
+static kn_status cu_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale);
+
+static kn_status cu_layernorm_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale,
+                                       float eps)
+{
+    if (x.rows == 0 || x.cols == 0)
+        return KN_OK;
+    int nt = norm_v8_threads(cu_view(y), cu_view(x), x.cols);
+    if (!nt) { /* two passes */
+        kn_status st = cu_layernorm(be, y, x, NULL, NULL, eps);
+        return st != KN_OK ? st : cu_modulate(be, y, y, shift, scale);
+    }
+    norm_extra ne = {};
+    ne.sh = cu_view(shift);
+    ne.sc = cu_view(scale);
+    ne.rpg = x.rows / shift.rows;
+    k_norm_v8<NM_LN_MOD><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), no_view(), no_view(),
+                                                                            0, 0, eps, x.cols, ne);
+    return cu_launched(be, "layernorm_modulate");
+}
+
+/* ---- 3D RoPE from a table (kn_rope3d_table, kn_rmsnorm_rope) ----------------------------------- */
+typedef struct {
+    int f0[KN_ROPE_MAX_STREAMS];
+} rope_f0s;
+
+/* One thread per (table row, pair): the angle and its cos and sin in fp64, as k_rope3d. */
+__global__ void k_rope_table(dview tab, rope_f0s f0, int d, int nf, int gh, int gw, double theta, int64_t rows)
+{
+    int half = d / 2, dt = d - 4 * (d / 6), ds = 2 * (d / 6), pt = dt / 2, ps = ds / 2;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * half)
+        return;
+    int64_t r = i / half, per = (int64_t)gh * gw, T = per * nf;
+    int j = (int)(i % half), s = (int)(r / T);
+    int64_t t = r % T;
+    int f = (int)(t / per), rem = (int)(t % per), yy = rem / gw, xx = rem % gw;
+    double freq, pos;
+    if (j < pt) {
+        freq = pow(theta, -2.0 * j / dt);
+        pos = (double)(f0.f0[s] + f);
+    } else if (j < pt + ps) {
+        freq = pow(theta, -2.0 * (j - pt) / ds);
+        pos = (double)yy;
+    } else {
+        freq = pow(theta, -2.0 * (j - pt - ps) / ds);
+        pos = (double)xx;
+    }
+    double ang = pos * freq;
+    float2 *o = (float2 *)(tab.p + (r * tab.ld + 2 * j) * 4);
+    *o = make_float2((float)cos(ang), (float)sin(ang));
+}
+
+/* kn_rmsnorm_rope for any dtype or width (the fallback of the one-pass kernel): one block per row,
+ * statistics in double; element c of x goes to row r*heads + c/d, column c%d of y, rotated in pairs
+ * when there is a table. */
+__global__ void k_rms_heads(dview y, dview x, dview w, dview tab, int has_tab, int d, float eps, int64_t cols)
+{
+    __shared__ double sh[32];
+    int64_t r = blockIdx.x, heads = cols / d;
+    double ss = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        double v = dv_get(x, r, c);
+        ss += v * v;
+    }
+    float inv = (float)(1.0 / sqrt(block_sum(ss, sh) / (double)cols + eps));
+    if (!has_tab) {
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+            dv_set(y, r * heads + c / d, c % d, dv_get(x, r, c) * inv * ld_el(w.p, w.dt, c));
+        return;
+    }
+    for (int64_t c = 2 * (int64_t)threadIdx.x; c < cols; c += 2 * (int64_t)blockDim.x) {
+        float a = dv_get(x, r, c) * inv * ld_el(w.p, w.dt, c), b = dv_get(x, r, c + 1) * inv * ld_el(w.p, w.dt, c + 1);
+        int64_t j = c % d;
+        float2 t = *(const float2 *)(tab.p + (r * tab.ld + j) * 4);
+        dv_set(y, r * heads + c / d, j, a * t.x - b * t.y);
+        dv_set(y, r * heads + c / d, j + 1, a * t.y + b * t.x);
+    }
+}
+
+static kn_status cu_rope3d_table(kn_backend_t *be, kn_tensor table, const int *f0, int n, int nf, int gh, int gw,
+                                 double theta)
+{
+    rope_f0s a;
+    memset(&a, 0, sizeof a);
+    for (int s = 0; s < n; s++)
+        a.f0[s] = f0[s];
+    int64_t total = table.rows * (table.cols / 2);
+    if (total == 0)
+        return KN_OK;
+    k_rope_table<<<(unsigned)((total + 255) / 256), 256, 0, cu_of(be)->stream>>>(cu_view(table), a, (int)table.cols, nf,
+                                                                                gh, gw, theta, table.rows);
+    return cu_launched(be, "rope3d_table");
+}
+
+static kn_status cu_rmsnorm_rope(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor w, float eps, int heads,
+                                 const kn_tensor *table)
+{
+    if (x.rows == 0 || x.cols == 0)
+        return KN_OK;
+    int d = (int)y.cols;
+    dview tv = table ? cu_view(*table) : no_view();
+    int nt = d % 8 == 0 && (!table || (tv.ld % 2 == 0 && ((uintptr_t)tv.p & 7u) == 0))
+                 ? norm_v8_threads(cu_view(y), cu_view(x), x.cols)
+                 : 0;
+    if (nt) {
+        norm_extra ne = {};
+        ne.tab = tv;
+        ne.d = d;
+        k_norm_v8<NM_RMS_ROPE><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w),
+                                                                                  no_view(), 1, 0, eps, x.cols, ne);
+        return cu_launched(be, "rmsnorm_rope");
+    }
+    (void)heads;
+    k_rms_heads<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w), tv,
+                                                                          table != NULL, d, eps, x.cols);
+    return cu_launched(be, "rmsnorm_rope");
+}
+
 /* ---- elementwise ops of the table --------------------------------------------------------------- */
 
 static kn_status cu_modulate(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tensor shift, kn_tensor scale)
 {
-    return ew(be, EW_MODULATE, cu_view(y), cu_view(x), no_view(), cu_view(shift), cu_view(scale), 0, 0, x.rows, x.cols,
-              "modulate");
+    return ew_g(be, EW_MODULATE, cu_view(y), cu_view(x), no_view(), cu_view(shift), cu_view(scale), 0, 0, x.rows,
+                x.cols, x.rows / shift.rows, "modulate");
 }
 
 static kn_status cu_gate_add(kn_backend_t *be, kn_tensor x, kn_tensor y, const kn_tensor *gate)
 {
     if (gate)
-        return ew(be, EW_GATE, cu_view(x), cu_view(y), no_view(), cu_view(*gate), no_view(), 0, 0, x.rows, x.cols,
-                  "gate_add");
+        return ew_g(be, EW_GATE, cu_view(x), cu_view(y), no_view(), cu_view(*gate), no_view(), 0, 0, x.rows, x.cols,
+                    x.rows / gate->rows, "gate_add");
     return ew(be, EW_ADD, cu_view(x), cu_view(y), no_view(), no_view(), no_view(), 0, 0, x.rows, x.cols, "gate_add");
 }
 
 static kn_status cu_axpby(kn_backend_t *be, kn_tensor y, float a, kn_tensor x, float b, const kn_tensor *z)
 {
     if (z)
-        return ew(be, EW_AXPBY, cu_view(y), cu_view(x), cu_view(*z), no_view(), no_view(), a, b, x.rows, x.cols, "axpby");
+        return ew_g(be, EW_AXPBY, cu_view(y), cu_view(x), cu_view(*z), no_view(), no_view(), a, b, x.rows, x.cols,
+                    z->rows == x.rows ? 1 : x.rows / z->rows, "axpby");
     return ew(be, EW_AX, cu_view(y), cu_view(x), no_view(), no_view(), no_view(), a, 0, x.rows, x.cols, "axpby");
 }
 
@@ -1029,6 +1305,7 @@ static void cu_destroy(kn_backend_t *be)
             cudaStreamSynchronize(c->stream);
         cu_dnn_close(be);
         cu_prof_free(be);
+        lt_cache_free(c);
         if (c->blas)
             cublasDestroy(c->blas);
         if (c->lt)
@@ -1058,10 +1335,12 @@ static const kn_backend_ops cu_ops_template = {
     cu_download,
     cu_sync,
     cu_linear,
+    cu_linear_gelu,
     cu_matmul_heads,
     cu_layernorm,
     cu_rmsnorm,
     cu_modulate,
+    cu_layernorm_modulate,
     cu_gate_add,
     cu_axpby,
     cu_gelu_tanh,
@@ -1070,9 +1349,12 @@ static const kn_backend_ops cu_ops_template = {
     cu_row_affine,
     cu_copy,
     cu_rope3d,
+    cu_rope3d_table,
+    cu_rmsnorm_rope,
     cu_timestep_embed,
     cu_attention,
     cu_kv_store,
+    cu_kv_load,
     cu_patchify,
     cu_unpatchify,
     cu_conv2d3x3,

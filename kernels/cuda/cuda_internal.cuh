@@ -41,6 +41,7 @@ typedef struct {
     struct cu_dnn *dnn; /* cuDNN's fused attention (cuda_cudnn_attn.cu), or NULL: our kernels */
     const char *attn_last; /* which path the last kn_attention took (for tests and benchmarks) */
     struct cu_prof *prof;  /* per-op event timing (VMLA_CUDA_PROFILE=1), or NULL */
+    struct lt_cache *ltc;  /* cublasLt descriptors and algorithms by shape (cuda_backend.cu) */
     /* page-locked staging for kn_upload (cuda_backend.cu, cu_stage): a copy from pageable memory
      * would make the driver wait for everything on the stream first */
     char *stage;
@@ -115,6 +116,7 @@ int cu_attention_probe(kn_backend_t *be, int want_tc);
 kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
                        float scale);
 kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+kn_status cu_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col);
 
 /* ---- cuDNN fused attention (cuda_cudnn_attn.cu) ----------------------------------------------------- */
 

@@ -23,12 +23,13 @@ enum { PC_GEMM = 0, PC_ATTN, PC_OTHER, PC_COPY, PC_N };
 /* ops by id: the class of each and its name (for the per-op table) */
 #define OPS(X)                                                                                          \
     X(upload, PC_COPY, 0) X(download, PC_COPY, 1) X(buffer_copy, PC_COPY, 0) X(linear, PC_GEMM, 0)      \
-    X(matmul_heads, PC_GEMM, 0) X(layernorm, PC_OTHER, 0) X(rmsnorm, PC_OTHER, 0)                       \
-    X(modulate, PC_OTHER, 0) X(gate_add, PC_OTHER, 0) X(axpby, PC_OTHER, 0) X(gelu_tanh, PC_OTHER, 0)   \
-    X(silu, PC_OTHER, 0) X(clamp, PC_OTHER, 0) X(row_affine, PC_OTHER, 0) X(copy, PC_OTHER, 0)          \
-    X(rope3d, PC_OTHER, 0) X(timestep_embed, PC_OTHER, 0) X(attention, PC_ATTN, 0)                      \
-    X(kv_store, PC_OTHER, 0) X(patchify, PC_OTHER, 0) X(unpatchify, PC_OTHER, 0)                        \
-    X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0)
+    X(linear_gelu, PC_GEMM, 0) X(matmul_heads, PC_GEMM, 0) X(layernorm, PC_OTHER, 0)                    \
+    X(rmsnorm, PC_OTHER, 0) X(modulate, PC_OTHER, 0) X(layernorm_modulate, PC_OTHER, 0)                 \
+    X(gate_add, PC_OTHER, 0) X(axpby, PC_OTHER, 0) X(gelu_tanh, PC_OTHER, 0) X(silu, PC_OTHER, 0)       \
+    X(clamp, PC_OTHER, 0) X(row_affine, PC_OTHER, 0) X(copy, PC_OTHER, 0) X(rope3d, PC_OTHER, 0)        \
+    X(rope3d_table, PC_OTHER, 0) X(rmsnorm_rope, PC_OTHER, 0) X(timestep_embed, PC_OTHER, 0)            \
+    X(attention, PC_ATTN, 0) X(kv_store, PC_OTHER, 0) X(kv_load, PC_OTHER, 0) X(patchify, PC_OTHER, 0)  \
+    X(unpatchify, PC_OTHER, 0) X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0)
 #define OP_ID(f, c, h) OP_##f,
 enum { OPS(OP_ID) OP_N };
 #define OP_CLS(f, c, h) c,
@@ -126,10 +127,13 @@ int cu_prof_install(kn_backend_t *be)
     o->download = PW(download, 1);
     o->sync = prof_sync;
     o->linear = PW(linear, 0);
+    if (o->linear_gelu)
+        o->linear_gelu = PW(linear_gelu, 0);
     o->matmul_heads = PW(matmul_heads, 0);
     o->layernorm = PW(layernorm, 0);
     o->rmsnorm = PW(rmsnorm, 0);
     o->modulate = PW(modulate, 0);
+    o->layernorm_modulate = PW(layernorm_modulate, 0);
     o->gate_add = PW(gate_add, 0);
     o->axpby = PW(axpby, 0);
     o->gelu_tanh = PW(gelu_tanh, 0);
@@ -138,9 +142,12 @@ int cu_prof_install(kn_backend_t *be)
     o->row_affine = PW(row_affine, 0);
     o->copy = PW(copy, 0);
     o->rope3d = PW(rope3d, 0);
+    o->rope3d_table = PW(rope3d_table, 0);
+    o->rmsnorm_rope = PW(rmsnorm_rope, 0);
     o->timestep_embed = PW(timestep_embed, 0);
     o->attention = PW(attention, 0);
     o->kv_store = PW(kv_store, 0);
+    o->kv_load = PW(kv_load, 0);
     o->patchify = PW(patchify, 0);
     o->unpatchify = PW(unpatchify, 0);
     o->conv2d3x3 = PW(conv2d3x3, 0);

@@ -111,6 +111,58 @@ static void test_determinism_and_batching(const char *preset)
     eng_close(e);
 }
 
+/* The MLA layout's two attention forms (absorbing the up-projections into the query and output, or
+ * rebuilding per-head keys and values from the latent) are the same function: the same latents on
+ * the CPU in f32 over several chunks (the window fills and wraps), batched or alone. */
+static void test_mla_forms(void)
+{
+    printf("tiny-test-mla: absorb vs rebuild\n");
+    static float lat[2][NCH][NLAT], bat[NCH][NLAT];
+    eng_engine_t *e[2] = {0};
+    for (int f = 0; f < 2; f++) {
+        eng_config c;
+        char err[512];
+        eng_config_preset(&c, "tiny-test-mla", err, sizeof err);
+        eng_options o;
+        eng_options_default(&o);
+        o.weight_seed = 5;
+        o.max_batch = 2;
+        o.max_streams = 2;
+        o.mla_attention = f ? ENG_MLA_REBUILD : ENG_MLA_ABSORB;
+        CHECK(eng_open(&e[f], be, &c, &o, err, sizeof err) == ENG_OK, "eng_open (%s): %s", f ? "rebuild" : "absorb",
+              err);
+        if (!e[f])
+            return;
+        alone(e[f], 21, "a red square moving left", lat[f]);
+    }
+    double d = 0;
+    for (int ch = 0; ch < NCH; ch++)
+        d = fmax(d, maxdiff(lat[0][ch], lat[1][ch], NLAT));
+    printf("  absorb vs rebuild, max |diff| over %d chunks: %.3g\n", NCH, d);
+    CHECK(d < 1e-4, "absorbing and rebuilding give the same latents (max |diff| %.3g)", d);
+    CHECK(maxdiff(lat[0][0], lat[0][NCH - 1], NLAT) > 1e-2, "the chunks differ (the test is not vacuous)");
+    /* rebuilding, two streams batched at different passes */
+    eng_stream_t *s[2] = {0};
+    CHECK(eng_stream_open(e[1], 21, "a red square moving left", &s[0]) == ENG_OK &&
+              eng_stream_open(e[1], 22, "a green cross moving up", &s[1]) == ENG_OK,
+          "open two");
+    CHECK(eng_step(e[1], &s[1], 1) == ENG_OK, "one pass of the second stream alone");
+    int got = 0;
+    for (int guard = 0; guard < 100 && got < NCH; guard++) {
+        CHECK(eng_step(e[1], s, 2) == ENG_OK, "batched rebuild step: %s", eng_error(e[1]));
+        if (eng_stream_take_frames(s[0]))
+            eng_stream_last_latent(s[0], bat[got++], NLAT);
+    }
+    d = 0;
+    for (int ch = 0; ch < NCH; ch++)
+        d = fmax(d, maxdiff(bat[ch], lat[1][ch], NLAT));
+    CHECK(d < 1e-5, "rebuild batched at different passes equals alone (max |diff| %.3g)", d);
+    for (int i = 0; i < 2; i++)
+        eng_stream_close(s[i]);
+    eng_close(e[0]);
+    eng_close(e[1]);
+}
+
 static void test_prompt_switch(void)
 {
     printf("prompt switch\n");
@@ -382,6 +434,7 @@ int main(void)
     be = kn_cpu_backend_new();
     test_determinism_and_batching("tiny-test");
     test_determinism_and_batching("tiny-test-mla");
+    test_mla_forms();
     test_prompt_switch();
     test_limits_and_accounting();
     test_weight_files();

@@ -274,6 +274,22 @@ static void t_linear(int64_t N, int64_t in, int64_t out, int bias, int strided)
     drop(&x), drop(&w), drop(&y), drop(&b);
 }
 
+/* gelu_tanh(x w^T + b): the GPU fuses it into the GEMM's epilogue, the CPU runs the two ops */
+static void t_linear_gelu(int64_t N, int64_t in, int64_t out, int bias)
+{
+    char what[96];
+    snprintf(what, sizeof what, "N%lld in%lld out%lld%s", (long long)N, (long long)in, (long long)out,
+             bias ? " bias" : "");
+    tp x = mk(N, in, in), w = mk(out, in, in), y = mk(N, out, out), b = mk(1, out, out);
+    put_rnd(&x, 1);
+    put_rnd(&w, 0.3f);
+    put_rnd(&b, 1);
+    ok_both(kn_linear_gelu(gpu, y.g, x.g, w.g, bias ? &b.g : NULL), kn_linear_gelu(cpu, y.c, x.c, w.c, bias ? &b.c : NULL),
+            "linear_gelu", what);
+    cmp("linear_gelu", what, &y, 0);
+    drop(&x), drop(&w), drop(&y), drop(&b);
+}
+
 static void t_heads(int64_t N, int H, int64_t a, int64_t bb, kn_heads_mode md)
 {
     char what[96];
@@ -290,9 +306,15 @@ static void t_heads(int64_t N, int H, int64_t a, int64_t bb, kn_heads_mode md)
 }
 
 /* Row-wise and elementwise ops over [rows, cols] (strided when s > 0); alias: y is x. */
-enum { E_LN, E_LN_AFF, E_RMS, E_MOD, E_GATE, E_GATE1, E_AXPBY, E_AX, E_GELU, E_SILU, E_CLAMP, E_ROWAFF, E_N };
+enum {
+    E_LN, E_LN_AFF, E_RMS, E_MOD, E_GATE, E_GATE1, E_AXPBY, E_AX, E_GELU, E_SILU, E_CLAMP, E_ROWAFF,
+    E_MODG, E_GATEG, E_AXPBY1, E_AXPBYG, E_LNMOD, E_N
+};
 static const char *ENAME[E_N] = {"layernorm", "layernorm_affine", "rmsnorm", "modulate", "gate_add", "gate_add_nogate",
-                                 "axpby", "axpby_noz", "gelu_tanh", "silu", "clamp", "row_affine"};
+                                 "axpby", "axpby_noz", "gelu_tanh", "silu", "clamp", "row_affine",
+                                 "modulate_groups", "gate_add_groups", "axpby_z1", "axpby_zgroups",
+                                 "layernorm_modulate"};
+#define NO_ALIAS(op) ((op) == E_GATE || (op) == E_GATE1 || (op) == E_GATEG)
 
 static void t_elem(int op, int64_t rows, int64_t cols, int s, int alias)
 {
@@ -301,6 +323,9 @@ static void t_elem(int op, int64_t rows, int64_t cols, int s, int alias)
              alias ? " in-place" : "");
     tp x = mk(rows, cols, cols + s), z = mk(rows, cols, cols), v1 = mk(1, cols, cols), v2 = mk(1, cols, cols);
     tp r1 = mk(1, rows, rows), r2 = mk(rows, 1, 1);
+    /* per-group vectors (one group a stream): 3 groups, or a group a row; strided rows */
+    int64_t G = rows % 3 == 0 ? 3 : rows;
+    tp g1 = mk(G, cols, 2 * cols), g2 = mk(G, cols, 2 * cols);
     tp y = alias ? x : mk(rows, cols, cols + 2 * s);
     put_rnd(&x, op == E_CLAMP ? 2.0f : 3.0f);
     put_rnd(&z, 1);
@@ -308,7 +333,9 @@ static void t_elem(int op, int64_t rows, int64_t cols, int s, int alias)
     put_rnd(&v2, 1);
     put_rnd(&r1, 1);
     put_rnd(&r2, 1);
-    if (op == E_GATE || op == E_GATE1) /* x is the residual (in/out), y the addend */
+    put_rnd(&g1, 1);
+    put_rnd(&g2, 1);
+    if (NO_ALIAS(op)) /* x is the residual (in/out), y the addend */
         put_rnd(&y, 1);
     kn_status sg = KN_OK, sc = KN_OK;
     switch (op) {
@@ -331,12 +358,24 @@ static void t_elem(int op, int64_t rows, int64_t cols, int s, int alias)
         /* scale as [1, rows], shift as [rows, 1]: both vector shapes */
         sg = kn_row_affine(gpu, y.g, x.g, r1.g, r2.g), sc = kn_row_affine(cpu, y.c, x.c, r1.c, r2.c);
         break;
+    case E_MODG: sg = kn_modulate(gpu, y.g, x.g, g1.g, g2.g), sc = kn_modulate(cpu, y.c, x.c, g1.c, g2.c); break;
+    case E_GATEG: sg = kn_gate_add(gpu, y.g, z.g, &g1.g), sc = kn_gate_add(cpu, y.c, z.c, &g1.c); break;
+    case E_AXPBY1:
+        sg = kn_axpby(gpu, y.g, 0.7f, x.g, -1.3f, &v1.g), sc = kn_axpby(cpu, y.c, 0.7f, x.c, -1.3f, &v1.c);
+        break;
+    case E_AXPBYG:
+        sg = kn_axpby(gpu, y.g, 1.0f, x.g, 1.0f, &g1.g), sc = kn_axpby(cpu, y.c, 1.0f, x.c, 1.0f, &g1.c);
+        break;
+    case E_LNMOD:
+        sg = kn_layernorm_modulate(gpu, y.g, x.g, g1.g, g2.g, 1e-6f);
+        sc = kn_layernorm_modulate(cpu, y.c, x.c, g1.c, g2.c, 1e-6f);
+        break;
     }
     ok_both(sg, sc, ENAME[op], what);
     cmp(ENAME[op], what, &y, 0);
     if (!alias)
         drop(&y);
-    drop(&x), drop(&z), drop(&v1), drop(&v2), drop(&r1), drop(&r2);
+    drop(&x), drop(&z), drop(&v1), drop(&v2), drop(&r1), drop(&r2), drop(&g1), drop(&g2);
 }
 
 static void t_copy(kn_dtype from, kn_dtype to, int64_t rows, int64_t cols)
@@ -365,6 +404,40 @@ static void t_rope(int heads, int d, int f0, int nf, int gh, int gw)
             "rope3d", what);
     cmp("rope3d", what, &x, 0);
     drop(&x);
+}
+
+/* kn_rope3d_table for S streams (frame offsets f0 + 7s), then kn_rmsnorm_rope with it: in place, and
+ * by heads into the second column range of a [rows*heads, k + d] layout (the MLA query's), and
+ * without a table (the normalisation alone, of the first k columns of every head) into the first. */
+static void t_rope_table(int heads, int d, int S, int f0, int nf, int gh, int gw, int s)
+{
+    char what[96];
+    snprintf(what, sizeof what, "H%d d%d S%d f0 %d grid %dx%dx%d%s", heads, d, S, f0, nf, gh, gw, s ? " strided" : "");
+    int64_t rows = (int64_t)S * nf * gh * gw, cols = (int64_t)heads * d;
+    int f0s[KN_ROPE_MAX_STREAMS];
+    for (int i = 0; i < S; i++)
+        f0s[i] = f0 + 7 * i;
+    tp tab = mk2(KN_F32, KN_F32, rows, d, d + 2 * s), x = mk(rows, cols, cols), w = mk(1, cols, cols);
+    int k = d < 8 ? d : 8;
+    tp wide = mk(rows * heads, k + d, k + d);
+    put_rnd(&x, 2);
+    put_rnd(&w, 1);
+    ok_both(kn_rope3d_table(gpu, tab.g, f0s, S, nf, gh, gw, 10000.0),
+            kn_rope3d_table(cpu, tab.c, f0s, S, nf, gh, gw, 10000.0), "rope3d_table", what);
+    cmp("rope3d_table", what, &tab, 1e-7);
+    ok_both(kn_rmsnorm_rope(gpu, kn_cols(wide.g, k, d), x.g, w.g, 1e-6f, heads, &tab.g),
+            kn_rmsnorm_rope(cpu, kn_cols(wide.c, k, d), x.c, w.c, 1e-6f, heads, &tab.c), "rmsnorm_rope", what);
+    ok_both(kn_rmsnorm_rope(gpu, kn_cols(wide.g, 0, k), kn_cols(x.g, 0, k * heads), kn_cols(w.g, 0, k * heads), 1e-6f,
+                            heads, NULL),
+            kn_rmsnorm_rope(cpu, kn_cols(wide.c, 0, k), kn_cols(x.c, 0, k * heads), kn_cols(w.c, 0, k * heads), 1e-6f,
+                            heads, NULL),
+            "rmsnorm_rope", what);
+    cmp("rmsnorm_rope by heads", what, &wide, 0);
+    ok_both(kn_rmsnorm_rope(gpu, kn_reshape(x.g, rows * heads, d), x.g, w.g, 1e-6f, heads, &tab.g),
+            kn_rmsnorm_rope(cpu, kn_reshape(x.c, rows * heads, d), x.c, w.c, 1e-6f, heads, &tab.c), "rmsnorm_rope",
+            what);
+    cmp("rmsnorm_rope in place", what, &x, 0);
+    drop(&tab), drop(&x), drop(&w), drop(&wide);
 }
 
 static void t_timestep(int n, int64_t dim)
@@ -545,6 +618,24 @@ static void t_kv_store(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64
     free(s.pages);
 }
 
+/* kn_kv_load: rows of a paged (or contiguous) pool back into a tensor */
+static void t_kv_load(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64_t tok0, int64_t col, int64_t n, int64_t w)
+{
+    char what[128];
+    snprintf(what, sizeof what, "kv-%s tok%lld pt%d width%lld rows %lld..%lld cols %lld..%lld", kn_dtype_name(kvdt),
+             (long long)ntok, pt, (long long)width, (long long)tok0, (long long)(tok0 + n), (long long)col,
+             (long long)(col + w));
+    kvsrc s = make_kv(kvdt, ntok, pt, width);
+    kn_kv kg = kv_of(&s, &s.pool, 1, ntok, pt), kc = kv_of(&s, &s.pool, 0, ntok, pt);
+    kg.kv_heads = kc.kv_heads = 1;
+    kg.dk = kc.dk = kg.dv = kc.dv = 1;
+    tp dst = mk(n, w, w + 8);
+    ok_both(kn_kv_load(gpu, dst.g, &kg, tok0, col), kn_kv_load(cpu, dst.c, &kc, tok0, col), "kv_load", what);
+    cmp("kv_load", what, &dst, kvdt == KN_F32 && gdt == KN_F32 ? 1e-7 : 0);
+    drop(&dst), drop(&s.pool);
+    free(s.pages);
+}
+
 static void attention_suite(void)
 {
     const attn_case cs[] = {
@@ -575,6 +666,11 @@ static void linear_suite(void)
     t_linear(64, 1536, 130, 1, 0);
     t_linear(300, 130, 1536, 1, 1);
     t_linear(7, 18, 6, 1, 0);
+    t_linear_gelu(4680, 1536, 8960, 1); /* wan's FFN */
+    t_linear_gelu(1170, 1536, 8960, 1);
+    t_linear_gelu(33, 64, 130, 1);
+    t_linear_gelu(7, 18, 6, 1); /* odd sizes: the unfused path */
+    t_linear_gelu(33, 64, 128, 0);
 }
 
 static void op_suite(void)
@@ -589,13 +685,13 @@ static void op_suite(void)
     for (int op = 0; op < E_N; op++)
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < 3; j++)
-                t_elem(op, ROWS[i], COLS[j], (i + j) % 2 ? 3 : 0, (i + j + op) % 3 == 0 && op != E_GATE && op != E_GATE1);
+                t_elem(op, ROWS[i], COLS[j], (i + j) % 2 ? 3 : 0, (i + j + op) % 3 == 0 && !NO_ALIAS(op));
     t_elem(E_LN, 64, 1536, 0, 1);
     t_elem(E_RMS, 64, 1536, 0, 0);
     /* columns a multiple of 8 with 16-byte aligned rows: the vectorised bf16 path (8 values a
      * thread), in place and strided */
     for (int op = 0; op < E_N; op++) {
-        t_elem(op, 33, 64, 0, op != E_GATE && op != E_GATE1);
+        t_elem(op, 33, 64, 0, !NO_ALIAS(op));
         t_elem(op, 257, 1536, 8, 0);
     }
     kn_dtype dts[3] = {KN_F32, KN_BF16, KN_F16};
@@ -607,6 +703,11 @@ static void op_suite(void)
     t_rope(2, 128, 7, 2, 5, 7);
     t_rope(12, 64, 1000, 1, 3, 4); /* MLA d_r 64 over many heads, a far frame */
     t_rope(3, 18, 2, 2, 3, 5);
+    t_rope_table(1, 6, 1, 0, 1, 1, 1, 0);
+    t_rope_table(3, 18, 2, 2, 2, 3, 5, 1);  /* not a multiple of 8: the two-pass path */
+    t_rope_table(12, 128, 8, 5, 3, 15, 26, 0); /* per-head wan shape, a batch of 8 previews */
+    t_rope_table(12, 64, 3, 1000, 3, 4, 6, 1); /* MLA q_r: d_r 64, far frames, strided */
+    t_rope_table(1, 64, 4, 20, 3, 3, 4, 0);    /* MLA k_r: one head */
     t_timestep(1, 32);
     t_timestep(7, 256);
     t_timestep(70, 18); /* more than 64 values: two launches */
@@ -624,6 +725,11 @@ static void op_suite(void)
     t_kv_store(KN_BF16, 100, 6, 32, 40, 24, 24, 8);  /* MLA: k_r at column d_c */
     t_kv_store(KN_F32, 1000, 64, 256, 1, 128, 777, 128);
     t_kv_store(KN_BF16, 50, 0, 64, 3, 5, 30, 18); /* contiguous */
+    t_kv_load(KN_BF16, 100, 6, 32, 0, 0, 100, 32);   /* MLA: a whole window of latent rows */
+    t_kv_load(KN_BF16, 2730, 390, 224, 0, 0, 2730, 224); /* wan MLA at 240x416: 7 pages of a frame */
+    t_kv_load(KN_BF16, 100, 6, 32, 40, 24, 24, 8);
+    t_kv_load(KN_F32, 1000, 64, 256, 1, 128, 777, 128);
+    t_kv_load(KN_BF16, 50, 0, 64, 3, 5, 30, 18); /* contiguous, odd columns */
     attention_suite();
 }
 

@@ -303,6 +303,31 @@ static void test_linear(void)
     CLOSE("linear of zero rows writes nothing", rest, ref, 2 * OUT, 1e-5, 1e-5);
 }
 
+/* linear_gelu == linear then gelu_tanh (the CPU runs the two ops) */
+static void test_linear_gelu(void)
+{
+    enum { N = 5, IN = 7, OUT = 9 };
+    float x[N * IN], w[OUT * IN], b[OUT], got[N * OUT], want[N * OUT];
+    fill_rand(x, N * IN, 1.0f);
+    fill_rand(w, OUT * IN, 1.0f);
+    fill_rand(b, OUT, 1.0f);
+    kn_tensor X = mkf(N, IN, x), W = mkf(OUT, IN, w), B = mkf(1, OUT, b), Y = mkf(N, OUT, NULL), R = mkf(N, OUT, NULL);
+    OK(kn_linear_gelu(be, Y, X, W, &B));
+    dl(Y, got);
+    GUARD_OK(Y);
+    OK(kn_linear(be, R, X, W, &B));
+    OK(kn_gelu_tanh(be, R, R));
+    dl(R, want);
+    EXACT("linear_gelu == linear + gelu", got, want, N * OUT);
+    /* by hand: element (2, 3) */
+    double u = b[3];
+    for (int i = 0; i < IN; i++)
+        u += (double)x[2 * IN + i] * w[3 * IN + i];
+    double g = 0.5 * u * (1 + tanh(0.7978845608028654 * (u + 0.044715 * u * u * u)));
+    CHECK(fabs(got[2 * OUT + 3] - g) < 1e-5, "linear_gelu by hand: %g vs %g", (double)got[2 * OUT + 3], g);
+    FAILS(kn_linear_gelu(be, Y, X, R, &B), KN_ERR_ARG, "linear");
+}
+
 static void test_matmul_heads(void)
 {
     enum { N = 6, H = 3, A = 4, B = 5 };
@@ -948,6 +973,162 @@ static void test_rope(void)
     CHECK(fabsf(y[2] - r2) < 1e-6f && fabsf(y[3] - r3) < 1e-6f, "rope theta = 100");
 }
 
+/* ---- per-group vectors and the fused ops (a batch of streams in one call) --------------------- */
+
+/* Grouped modulate / gate_add / axpby equal the same op run group by group with one vector. */
+static void test_groups(void)
+{
+    enum { G = 3, R = 4, C = 10, N = G * R };
+    float x[N * C], y0[N * C], sh[G * 2 * C], sc[G * C], gt[G * C], z1[C], got[N * C], want[N * C];
+    fill_rand(x, N * C, 2.0f);
+    fill_rand(y0, N * C, 1.0f);
+    fill_rand(sh, G * 2 * C, 1.0f);
+    fill_rand(sc, G * C, 1.0f);
+    fill_rand(gt, G * C, 1.0f);
+    fill_rand(z1, C, 1.0f);
+    /* shift as a strided [G, C] view (ld 2C) of a wider tensor */
+    kn_tensor X = mkf(N, C, x), Y = mkf(N, C, NULL), SHW = mkf(G, 2 * C, sh), SC = mkf(G, C, sc);
+    kn_tensor SH = kn_cols(SHW, C, C), GT = mkf(G, C, gt), Z1 = mkf(1, C, z1), W = mkf(N, C, NULL);
+    OK(kn_modulate(be, Y, X, SH, SC));
+    dl(Y, got);
+    for (int g = 0; g < G; g++)
+        OK(kn_modulate(be, kn_rows(W, g * R, R), kn_rows(X, g * R, R), kn_rows(SH, g, 1), kn_rows(SC, g, 1)));
+    dl(W, want);
+    EXACT("modulate, 3 groups == group by group", got, want, N * C);
+    GUARD_OK(Y);
+    /* hand value: row 5 is group 1 */
+    CHECK(fabsf(got[5 * C + 2] - (x[5 * C + 2] * (1.0f + sc[C + 2]) + sh[2 * C + C + 2])) < 1e-6f,
+          "modulate group 1 by hand");
+
+    kn_tensor A = mkf(N, C, y0), B = mkf(N, C, y0);
+    OK(kn_gate_add(be, A, X, &GT));
+    for (int g = 0; g < G; g++) {
+        kn_tensor gv = kn_rows(GT, g, 1);
+        OK(kn_gate_add(be, kn_rows(B, g * R, R), kn_rows(X, g * R, R), &gv));
+    }
+    dl(A, got);
+    dl(B, want);
+    EXACT("gate_add, 3 groups == group by group", got, want, N * C);
+
+    /* axpby with one row for all rows, and with 3 groups */
+    OK(kn_axpby(be, Y, 0.5f, X, -2.0f, &Z1));
+    dl(Y, got);
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < C; c++)
+            want[r * C + c] = 0.5f * x[r * C + c] + -2.0f * z1[c];
+    EXACT("axpby, z one row for all", got, want, N * C);
+    OK(kn_axpby(be, Y, 1.0f, X, 1.0f, &GT));
+    dl(Y, got);
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < C; c++)
+            want[r * C + c] = x[r * C + c] + gt[(r / R) * C + c];
+    EXACT("axpby, z per group", got, want, N * C);
+
+    /* groups that do not divide the rows, or the wrong width */
+    kn_tensor G5 = mkf(5, C, NULL), Gw = mkf(3, C + 1, NULL);
+    FAILS(kn_modulate(be, Y, X, G5, G5), KN_ERR_ARG, "dividing");
+    FAILS(kn_modulate(be, Y, X, SH, kn_rows(SC, 0, 1)), KN_ERR_ARG, "scale rows");
+    FAILS(kn_gate_add(be, Y, X, &Gw), KN_ERR_ARG, "gate_add gate");
+    FAILS(kn_axpby(be, Y, 1, X, 1, &G5), KN_ERR_ARG, "axpby z");
+    FAILS(kn_layernorm_modulate(be, Y, X, G5, G5, 1e-6f), KN_ERR_ARG, "dividing");
+}
+
+/* layernorm_modulate == layernorm (no affine) then modulate, bit for bit, per group. */
+static void test_layernorm_modulate(void)
+{
+    enum { G = 2, R = 3, C = 37, N = G * R };
+    float x[N * C], sh[G * C], sc[G * C], got[N * C], want[N * C];
+    fill_rand(x, N * C, 3.0f);
+    for (int i = 0; i < N * C; i++)
+        x[i] += 1.5f; /* a mean away from 0 */
+    fill_rand(sh, G * C, 1.0f);
+    fill_rand(sc, G * C, 1.0f);
+    kn_tensor X = mkf(N, C, x), Y = mkf(N, C, NULL), SH = mkf(G, C, sh), SC = mkf(G, C, sc), W = mkf(N, C, NULL);
+    OK(kn_layernorm_modulate(be, Y, X, SH, SC, 1e-6f));
+    dl(Y, got);
+    GUARD_OK(Y);
+    OK(kn_layernorm(be, W, X, NULL, NULL, 1e-6f));
+    OK(kn_modulate(be, W, W, SH, SC));
+    dl(W, want);
+    EXACT("layernorm_modulate == layernorm + modulate", got, want, N * C);
+    /* by hand for one row: mean and variance in double */
+    double m = 0, v = 0;
+    for (int c = 0; c < C; c++)
+        m += x[4 * C + c];
+    m /= C;
+    for (int c = 0; c < C; c++)
+        v += (x[4 * C + c] - m) * (x[4 * C + c] - m);
+    v /= C;
+    float hand = (float)((x[4 * C + 7] - m) / sqrt(v + 1e-6)) * (1.0f + sc[C + 7]) + sh[C + 7];
+    CHECK(fabsf(got[4 * C + 7] - hand) < 1e-5f, "layernorm_modulate by hand: %g vs %g", (double)got[4 * C + 7],
+          (double)hand);
+    OK(kn_layernorm_modulate(be, X, X, SH, SC, 1e-6f));
+    dl(X, got);
+    EXACT("layernorm_modulate in place", got, want, N * C);
+}
+
+/* The table RoPE: kn_rope3d_table + kn_rmsnorm_rope over 3 streams at different frame offsets ==
+ * rmsnorm then the double-precision reference rotation, stream by stream. */
+static void test_rope_table(void)
+{
+    enum { S = 3, NF = 2, GH = 3, GW = 4, T = NF * GH * GW, H = 2, D = 12, C = H * D };
+    int f0[S] = {0, 5, 250};
+    float x[S * T * C], w[C], normed[S * T * C], got[S * T * C], want[S * T * C], tab[S * T * D];
+    fill_rand(x, S * T * C, 2.0f);
+    fill_rand(w, C, 1.0f);
+    kn_tensor X = mkf(S * T, C, x), W = mkf(1, C, w), TAB = mkf(S * T, D, NULL), Nrm = mkf(S * T, C, NULL);
+    OK(kn_rope3d_table(be, TAB, f0, S, NF, GH, GW, 10000.0));
+    GUARD_OK(TAB);
+    dl(TAB, tab);
+    /* entries are cos, sin of the reference angle */
+    double a = rope_angle(D, 1, 250 + 1, 2, 3);
+    int row = 2 * T + 1 * GH * GW + 2 * GW + 3;
+    CHECK(fabs(tab[row * D + 2] - cos(a)) < 1e-7 && fabs(tab[row * D + 3] - sin(a)) < 1e-7,
+          "rope table entry: %g %g vs %g %g", (double)tab[row * D + 2], (double)tab[row * D + 3], cos(a), sin(a));
+    OK(kn_rmsnorm(be, Nrm, X, W, 1e-6f));
+    dl(Nrm, normed);
+    for (int s = 0; s < S; s++)
+        rope_ref(want + s * T * C, normed + s * T * C, H, D, f0[s], NF, GH, GW);
+    /* written by heads into the second column range of a [rows*H, 5 + D] layout (as the MLA query's
+     * [q_c,h | q_r,h]), then in place */
+    kn_tensor WIDE = mkf(S * T * H, 5 + D, NULL);
+    float wide[S * T * H * (5 + D)];
+    OK(kn_rmsnorm_rope(be, kn_cols(WIDE, 5, D), X, W, 1e-6f, H, &TAB));
+    dl(WIDE, wide);
+    int bad = 0;
+    for (int r = 0; r < S * T * H; r++)
+        for (int c = 0; c < 5 + D; c++) {
+            float v = wide[r * (5 + D) + c];
+            bad += c < 5 ? !isnan(v) : fabs(v - want[r * D + c - 5]) > 1e-6 + 1e-6 * fabs(want[r * D + c - 5]);
+        }
+    CHECK(bad == 0, "rmsnorm_rope into a per-head layout: %d elements wrong or written outside", bad);
+    GUARD_OK(WIDE);
+    OK(kn_rmsnorm_rope(be, kn_reshape(X, S * T * H, D), X, W, 1e-6f, H, &TAB));
+    dl(X, got);
+    GUARD_OK(X);
+    CLOSE("rmsnorm_rope == rmsnorm + rope, 3 streams, in place", got, want, S * T * C, 1e-6, 1e-6);
+    /* no table: the normalisation alone, by heads */
+    kn_tensor X2 = mkf(S * T, C, x), Y2 = mkf(S * T * H, D, NULL);
+    OK(kn_rmsnorm_rope(be, Y2, X2, W, 1e-6f, H, NULL));
+    dl(Y2, got);
+    EXACT("rmsnorm_rope without a table == rmsnorm", got, normed, S * T * C);
+
+    /* bad arguments */
+    kn_tensor TB = newt(KN_BF16, S * T, D), T1 = mkf(S * T - 1, D, NULL), T7 = mkf(S * T, 7, NULL);
+    int neg[S] = {0, -1, 2}, many[KN_ROPE_MAX_STREAMS + 1] = {0};
+    FAILS(kn_rope3d_table(be, TB, f0, S, NF, GH, GW, 10000.0), KN_ERR_ARG, "f32");
+    FAILS(kn_rope3d_table(be, T1, f0, S, NF, GH, GW, 10000.0), KN_ERR_ARG, "rows");
+    FAILS(kn_rope3d_table(be, T7, f0, S, NF, GH, GW, 10000.0), KN_ERR_ARG, "even");
+    FAILS(kn_rope3d_table(be, TAB, neg, S, NF, GH, GW, 10000.0), KN_ERR_ARG, "frame index");
+    FAILS(kn_rope3d_table(be, TAB, many, KN_ROPE_MAX_STREAMS + 1, NF, GH, GW, 10000.0), KN_ERR_ARG, "streams");
+    FAILS(kn_rope3d_table(be, TAB, NULL, S, NF, GH, GW, 10000.0), KN_ERR_ARG, "streams");
+    kn_tensor XH = kn_reshape(X, S * T * H, D);
+    FAILS(kn_rmsnorm_rope(be, XH, X, W, 1e-6f, 3, &TAB), KN_ERR_ARG, "heads");
+    FAILS(kn_rmsnorm_rope(be, X, X, W, 1e-6f, H, &TAB), KN_ERR_ARG, "heads");
+    FAILS(kn_rmsnorm_rope(be, XH, X, W, 1e-6f, H, &T1), KN_ERR_ARG, "table");
+    FAILS(kn_rmsnorm_rope(be, XH, X, W, 1e-6f, H, &TB), KN_ERR_ARG, "f32");
+}
+
 static void test_timestep(void)
 {
     float t[3] = {0, 1, 500};
@@ -1359,6 +1540,21 @@ static void test_kv_store(void)
     attention_ref(r, q, 1, 1, src, vals, NT, 1, 3, 3, 0.1);
     CLOSE("attention over stored keys and values", o, r, 3, 1e-6, 1e-5);
 
+    /* kv_load reads the same rows back from the pages: tokens 1..4 at columns 2..4, then at 5..7 */
+    float back[4 * 3], wantb[4 * 3];
+    kn_tensor BK = mkf(4, 3, NULL);
+    OK(kn_kv_load(be, BK, &kv, 1, 2));
+    dl(BK, back);
+    EXACT("kv_load tokens 1..4 at column 2", back, src + 3, 4 * 3);
+    GUARD_OK(BK);
+    OK(kn_kv_load(be, BK, &kv, 1, 5));
+    dl(BK, back);
+    for (int i = 0; i < 4 * 3; i++)
+        wantb[i] = vals[3 + i];
+    EXACT("kv_load tokens 1..4 at column 5", back, wantb, 4 * 3);
+    FAILS(kn_kv_load(be, BK, &kv, 2, 2), KN_ERR_ARG, "outside");
+    FAILS(kn_kv_load(be, BK, &kv, 0, RS - 2), KN_ERR_ARG, "outside");
+
     /* bf16 pool: values round on the way in */
     kn_kv kb = kv_contig(KN_BF16, 2, 1, 2, 2, 0, 2, 4);
     kn_tensor bpool = newt(KN_BF16, 1, 8);
@@ -1752,6 +1948,7 @@ int main(void)
     }
     test_arena();
     test_linear();
+    test_linear_gelu();
     test_matmul_heads();
     test_layernorm();
     test_rmsnorm();
@@ -1761,6 +1958,9 @@ int main(void)
     test_copy_dtypes();
     test_upload_download();
     test_rope();
+    test_groups();
+    test_layernorm_modulate();
+    test_rope_table();
     test_timestep();
     test_attention_small();
     test_attention_heads();
