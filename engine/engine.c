@@ -62,6 +62,7 @@ struct eng_engine {
     size_t hostf_n;
     kn_buffer_t *hostf_buf;
     uint64_t next_id;
+    int64_t drains; /* times the host waited for the backend to finish everything (eng_drains) */
     eng_vocab vocab; /* vocabulary mode when vocab.n > 0 (from the weight file) */
     eng_trace_cb trace;
     void *trace_user;
@@ -651,6 +652,8 @@ static kn_status decode_chunk(eng_stream_t *s)
     kn_status ks = eng_model_decode(&e->m, s->x0, s->prev, s->rgb);
     if (ks == KN_OK)
         ks = kn_download(e->be, s->rgb, e->hostf);
+    if (ks == KN_OK)
+        e->drains++; /* the download waited for every pass enqueued before it */
     if (ks != KN_OK)
         return ks;
     int W = eng_video_width(e), H = eng_video_height(e), nf = eng_frames_per_chunk(e);
@@ -770,8 +773,11 @@ eng_status eng_sync(eng_engine_t *e)
 {
     if (kn_sync(e->be) != KN_OK)
         return fail(e->err, sizeof e->err, ENG_ERR_BACKEND, "sync: %s", kn_backend_error(e->be));
+    e->drains++;
     return ENG_OK;
 }
+
+int64_t eng_drains(const eng_engine_t *e) { return e->drains; }
 
 eng_status eng_generate_chunk(eng_engine_t *e, eng_stream_t *const *streams, int n)
 {

@@ -142,6 +142,9 @@ void eng_stream_set_noise(eng_stream_t *s, eng_noise_fn fn, void *user);
 eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n);
 /* Wait for the work enqueued on the backend (for timing a step). */
 eng_status eng_sync(eng_engine_t *e);
+/* How many times the host has waited for all enqueued backend work: a chunk's frames downloaded
+ * (once a chunk, inside eng_step) or eng_sync. Between two drains the host runs ahead of the GPU. */
+int64_t eng_drains(const eng_engine_t *e);
 /* Run passes until every listed stream has finished one chunk (decoded and cached). */
 eng_status eng_generate_chunk(eng_engine_t *e, eng_stream_t *const *streams, int n);
 

@@ -1,4 +1,5 @@
 /* engine/sched_exec.c — see sched_exec.h. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,6 +24,35 @@ static sch_result of_status(eng_status st)
     return st == ENG_OK ? SCH_OK : st == ENG_ERR_POOL || st == ENG_ERR_LIMIT ? SCH_SKIPPED : SCH_FAILED;
 }
 
+/* A step's duration for the cost model. Steps do not wait for the GPU, so a step's host time is
+ * its real duration only on average: the steps between two drains (eng_drains) together took the
+ * time from the first one's start to the drain. Each step that ends with a drain reports that
+ * time divided by the steps it covers; the others report NAN (not measured: sch_observe skips
+ * them). One engine at a time (the engine thread); a different engine starts afresh. */
+static struct {
+    const eng_engine_t *e;
+    double seconds;
+    int steps;
+} pending;
+
+static void step_time(const eng_engine_t *e, int drained, double host_seconds, double *seconds)
+{
+    if (pending.e != e) {
+        pending.e = e;
+        pending.seconds = 0;
+        pending.steps = 0;
+    }
+    pending.seconds += host_seconds;
+    pending.steps++;
+    if (!drained) {
+        *seconds = NAN;
+        return;
+    }
+    *seconds = pending.seconds / pending.steps;
+    pending.seconds = 0;
+    pending.steps = 0;
+}
+
 void eng_sched_execute(eng_engine_t *e, const sch_work *w, eng_open_fn open, void *user, double (*clock)(void),
                        sch_result *res, double *seconds)
 {
@@ -39,21 +69,22 @@ void eng_sched_execute(eng_engine_t *e, const sch_work *w, eng_open_fn open, voi
         break;
     case SCH_STEP: {
         eng_stream_t *batch[SCH_MAX_BATCH];
-        int64_t before[SCH_MAX_BATCH];
+        int64_t before[SCH_MAX_BATCH], drains = eng_drains(e);
         for (int i = 0; i < w->n; i++) {
             batch[i] = w->jobs[i]->stream;
             before[i] = eng_stream_passes(batch[i]);
         }
+        /* no sync here: the host enqueues the next step while the GPU runs this one; it waits
+         * only when a chunk's frames are downloaded (once a chunk) */
         eng_status st = eng_step(e, batch, w->n);
-        if (st == ENG_OK) /* the step's real duration (the backend may run behind the host) */
-            st = eng_sync(e);
         for (int i = 0; i < w->n; i++) {
             if (st != ENG_OK || eng_stream_status(batch[i]) != ENG_OK)
                 res[i] = SCH_FAILED;
             else
                 res[i] = eng_stream_passes(batch[i]) > before[i] ? SCH_OK : SCH_SKIPPED;
         }
-        break;
+        step_time(e, eng_drains(e) > drains, clock() - t0, seconds);
+        return;
     }
     case SCH_OFFLOAD:
         for (int i = 0; i < w->n; i++)

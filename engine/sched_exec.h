@@ -20,8 +20,11 @@ void eng_sched_config(const eng_engine_t *e, sch_config *c);
 typedef eng_status (*eng_open_fn)(void *user, sch_job *j, eng_stream_t **out);
 
 /* Do the piece of work: res[i] receives each job's outcome for sch_done; *seconds the time the
- * work took by `clock` (a step's duration feeds the cost model). Errors stay on the streams
- * (eng_stream_error) or the engine (eng_error). */
+ * work took by `clock` (a step's duration feeds the cost model). A step does not wait for the
+ * backend: the host enqueues the next one while the GPU runs it, and waits only when a chunk's
+ * frames are downloaded (eng_drains). So a step's *seconds is the mean over the steps since the
+ * last drain when it drained, and NAN (not measured; sch_observe skips it) when it did not.
+ * Errors stay on the streams (eng_stream_error) or the engine (eng_error). */
 void eng_sched_execute(eng_engine_t *e, const sch_work *w, eng_open_fn open, void *user, double (*clock)(void),
                        sch_result *res, double *seconds);
 

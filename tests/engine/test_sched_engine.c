@@ -1,7 +1,7 @@
 /* tests/engine/test_sched_engine.c — the scheduler driving a real engine (CPU, tiny-test, both
  * layouts): a stream's output is the same whether it ran alone or batched with streams joining
  * and leaving, paused, moved to the host tier and back. Also the engine's pool sizing (bytes,
- * fraction), offload/restore refusals and accounting. */
+ * fraction), offload/restore refusals and accounting; the step times eng_sched_execute reports. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,6 +313,66 @@ static void test_batch_failure(void)
     eng_close(e);
 }
 
+/* eng_sched_execute does not wait for the backend after a step: a step reports a duration only
+ * when the engine drained (a chunk's frames downloaded), as the mean of the steps since the last
+ * drain; the others report NAN, which the cost model skips. */
+static double tclock;
+static double tick_clock(void) { return tclock += 0.25; } /* every reading 0.25 s later */
+
+static void test_step_times(void)
+{
+    printf("step times without a sync a step\n");
+    eng_engine_t *e = open_engine("tiny-test", 1, 1, 0);
+    if (!e)
+        return;
+    sch_job j;
+    sch_job_init(&j, 1, NULL);
+    eng_stream_t *st = NULL;
+    CHECK(eng_stream_open(e, 3, "a blue circle", &st) == ENG_OK, "open");
+    j.stream = st;
+    sch_work w;
+    memset(&w, 0, sizeof w);
+    w.kind = SCH_STEP;
+    w.n = 1;
+    w.jobs[0] = &j;
+    int ppc = eng_passes_per_chunk(e), measured = 0, unmeasured = 0;
+    int64_t d0 = eng_drains(e);
+    for (int p = 0; p < 2 * ppc; p++) {
+        sch_result res[1];
+        double sec = -1;
+        int64_t before = eng_drains(e);
+        eng_sched_execute(e, &w, NULL, NULL, tick_clock, res, &sec);
+        CHECK(res[0] == SCH_OK, "pass %d ran", p);
+        if (eng_drains(e) > before) {
+            /* each step's host time is 0.25 s by this clock: the mean of the steps covered too */
+            CHECK(fabs(sec - 0.25) < 1e-12, "a draining step reports the mean step time (%g)", sec);
+            measured++;
+        } else {
+            CHECK(isnan(sec), "a step that did not drain reports NAN (%g)", sec);
+            unmeasured++;
+        }
+    }
+    CHECK(eng_drains(e) - d0 == 2 && measured == 2 && unmeasured == 2 * ppc - 2,
+          "one drain a chunk (%lld drains, %d measured, %d not)", (long long)(eng_drains(e) - d0), measured,
+          unmeasured);
+    /* the scheduler's estimate takes the measured means and skips the NANs */
+    sch_config sc;
+    sch_config_default(&sc);
+    eng_sched_config(e, &sc);
+    char err[128];
+    sch_t *s = sch_new(&sc, err, sizeof err);
+    CHECK(s != NULL, "sch_new: %s", err);
+    if (s) {
+        sch_observe(s, 1, NAN);
+        sch_observe(s, 1, 0.25);
+        sch_observe(s, 1, NAN);
+        CHECK(fabs(sch_predict(s, 1) - 0.25) < 1e-12, "NANs do not move the estimate (%g)", sch_predict(s, 1));
+        sch_free(s);
+    }
+    eng_stream_close(st);
+    eng_close(e);
+}
+
 int main(void)
 {
     be = kn_cpu_backend_new();
@@ -320,6 +380,7 @@ int main(void)
     test_scheduled_equals_alone("tiny-test-mla");
     test_pool_sizing_and_refusals();
     test_batch_failure();
+    test_step_times();
     kn_backend_free(be);
     return check_done();
 }
