@@ -1,5 +1,8 @@
 /* engine/config.c — presets (docs/MODEL.md §1) and their consistency checks. */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/config.h"
@@ -160,4 +163,100 @@ int eng_config_validate(const eng_config *c, char *err, size_t errlen)
         BAD("config: max_frames and fps must be positive");
     return 0;
 #undef BAD
+}
+
+/* One decimal number filling [s, e) exactly: digits with an optional fraction and exponent, no
+ * sign, no spaces, no hex, inf or nan. */
+static int parse_number(const char *s, const char *e, double *out)
+{
+    char buf[64];
+    size_t n = (size_t)(e - s);
+    if (n == 0 || n >= sizeof buf)
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strchr("0123456789.eE+-", buf[i]) || ((buf[i] == '+' || buf[i] == '-') && (i == 0 || (buf[i - 1] != 'e' && buf[i - 1] != 'E'))))
+            return -1;
+    if (buf[0] < '0' || buf[0] > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(buf, &end);
+    if (errno || *end || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int eng_config_set_sampler(eng_config *c, const char *steps, const char *shift, const char *what,
+                           char *err, size_t errlen)
+{
+    const char *w = what && *what ? what : "sampler";
+    eng_config t = *c;
+    if (steps) {
+        int n = 0;
+        const char *p = steps;
+        for (;;) {
+            const char *e = strchr(p, ',');
+            if (!e)
+                e = p + strlen(p);
+            double v;
+            if (n == ENG_MAX_STEPS) {
+                snprintf(err, errlen, "%s: steps '%.80s': more than %d steps", w, steps, ENG_MAX_STEPS);
+                return -1;
+            }
+            if (parse_number(p, e, &v)) {
+                snprintf(err, errlen, "%s: steps '%.80s': item %d is not a number (expected e.g. 1000,750,500,250)",
+                         w, steps, n + 1);
+                return -1;
+            }
+            if (!(v > 0.0 && v <= 1000.0)) {
+                snprintf(err, errlen, "%s: steps '%.80s': item %d (%g) is outside (0, 1000]", w, steps, n + 1, v);
+                return -1;
+            }
+            if (n && !(v < t.steps[n - 1])) {
+                snprintf(err, errlen, "%s: steps '%.80s': item %d (%g) does not decrease", w, steps, n + 1, v);
+                return -1;
+            }
+            t.steps[n++] = (float)v;
+            if (!*e)
+                break;
+            p = e + 1;
+        }
+        for (int i = n; i < ENG_MAX_STEPS; i++)
+            t.steps[i] = 0.0f;
+        t.n_steps = n;
+    }
+    if (shift) {
+        double v;
+        if (parse_number(shift, shift + strlen(shift), &v) || !(v > 0.0 && v <= 100.0)) {
+            snprintf(err, errlen, "%s: shift '%.40s': expected one number in (0, 100]", w, shift);
+            return -1;
+        }
+        t.shift = (float)v;
+    }
+    /* the float rounding of two close items could make them equal: the common check decides */
+    char e2[256];
+    if (eng_config_validate(&t, e2, sizeof e2)) {
+        snprintf(err, errlen, "%s: %s", w, e2);
+        return -1;
+    }
+    *c = t;
+    return 0;
+}
+
+void eng_config_sampler_text(const eng_config *c, char *steps, size_t steps_len, char *shift,
+                             size_t shift_len)
+{
+    size_t o = 0;
+    if (steps_len)
+        steps[0] = 0;
+    for (int i = 0; i < c->n_steps && o < steps_len; i++) {
+        int k = snprintf(steps + o, steps_len - o, "%s%g", i ? "," : "", (double)c->steps[i]);
+        if (k < 0)
+            break;
+        o += (size_t)k;
+    }
+    snprintf(shift, shift_len, "%g", (double)c->shift);
 }

@@ -51,4 +51,17 @@ const char *eng_layout_name(eng_layout l);
 /* A space-separated list of preset names. */
 const char *eng_config_presets(void);
 
+/* The sampler of a model (docs/MODEL.md §6), from text: `steps` a comma-separated list of 1 to
+ * ENG_MAX_STEPS timesteps, strictly decreasing, each in (0, 1000] ("1000,750,500,250"; decimal
+ * numbers, no spaces, no empty items), `shift` one number in (0, 100] ("5"). Either may be NULL
+ * (that part is kept). On success writes c->n_steps, c->steps and/or c->shift and returns 0; on
+ * any error c is untouched and err says which value is wrong and why. `what` prefixes the message
+ * (e.g. the file or option the text came from). */
+int eng_config_set_sampler(eng_config *c, const char *steps, const char *shift, const char *what,
+                           char *err, size_t errlen);
+/* Write the sampler as the text eng_config_set_sampler reads ("%g" numbers): steps into `steps`
+ * (at least 16 * ENG_MAX_STEPS bytes), shift into `shift` (at least 32 bytes). */
+void eng_config_sampler_text(const eng_config *c, char *steps, size_t steps_len, char *shift,
+                             size_t shift_len);
+
 #endif

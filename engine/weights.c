@@ -237,6 +237,25 @@ static void draw_range(const wspec *s, uint64_t seed, uint32_t idx, float *v, si
     }
 }
 
+static int apply_meta(eng_config *c, st_file_t *f, const char *path, char *err, size_t errlen)
+{
+    return eng_config_set_sampler(c, st_metadata(f, ENG_META_SAMPLER_STEPS), st_metadata(f, ENG_META_SAMPLER_SHIFT),
+                                  path, err, errlen);
+}
+
+int eng_config_apply_file(eng_config *c, const char *path, char *err, size_t errlen)
+{
+    st_file_t *f = NULL;
+    char e2[256];
+    if (st_open(&f, path, e2, sizeof e2) != ST_OK) {
+        snprintf(err, errlen, "%s", e2);
+        return -1;
+    }
+    int rc = apply_meta(c, f, path, err, errlen);
+    st_close(f);
+    return rc;
+}
+
 int eng_weights_load(eng_weights *w, kn_backend_t *be, const eng_config *c, const char *path,
                      uint64_t seed, char *err, size_t errlen)
 {
@@ -315,6 +334,11 @@ int eng_weights_load(eng_weights *w, kn_backend_t *be, const eng_config *c, cons
             snprintf(err, errlen, "weights: uploading '%s': %s", s->name, kn_backend_error(be));
             goto fail;
         }
+    }
+    if (f) { /* a malformed sampler fails the load even where the caller did not apply it */
+        eng_config t = *c;
+        if (apply_meta(&t, f, path, err, errlen))
+            goto fail;
     }
     if (f && st_metadata(f, "vmla.vocab")) {
         w->vocab_words = strdup(st_metadata(f, "vmla.vocab"));

@@ -55,6 +55,18 @@ int eng_weights_load(eng_weights *w, kn_backend_t *be, const eng_config *c, cons
                      uint64_t seed, char *err, size_t errlen);
 void eng_weights_free(eng_weights *w, kn_backend_t *be);
 
+/* Metadata keys of a weight file that set the sampler the model was trained for (docs/MODEL.md §6):
+ * "vmla.sampler.steps" ("1000,750,500,250") and "vmla.sampler.shift" ("5"), read with
+ * eng_config_set_sampler's strict rules. */
+#define ENG_META_SAMPLER_STEPS "vmla.sampler.steps"
+#define ENG_META_SAMPLER_SHIFT "vmla.sampler.shift"
+
+/* Apply the sampler a weight file names in its metadata to c (the keys above; a file without them
+ * leaves c as it is). Call it between eng_config_preset and eng_open, so the engine runs the schedule
+ * the model was trained for. Returns 0, or -1 with a message naming the file (unreadable file,
+ * malformed or out-of-range value). eng_weights_load also rejects a file with malformed values. */
+int eng_config_apply_file(eng_config *c, const char *path, char *err, size_t errlen);
+
 /* Write the tensor manifest (name and shape a line) the config expects, to a caller buffer-less
  * callback, for docs and for tools that make weight files. */
 typedef void (*eng_weight_visit)(void *user, const char *name, int ndim, const int64_t *shape);

@@ -2,6 +2,7 @@
  *
  *   vmla-gen --preset P [--model FILE] --prompt TEXT [--seed N] [--seconds S] --out FILE
  *            [--window W] [--sink S] [--latent-h H --latent-w W] [--device cpu|cuda]
+ *            [--sampler-steps 1000,750,500,250] [--sampler-shift 5]
  *
  * Writes FILE (.mp4 through FFmpeg when built with it, else .y4m) and prints frames/s and the KV
  * cache size. Without --model the weights are seeded random: the video is noise, as expected.
@@ -14,6 +15,7 @@
 
 #include "engine/cli.h"
 #include "engine/engine.h"
+#include "engine/weights.h"
 #include "server/encode/video_writer.h"
 
 static void usage(FILE *f)
@@ -22,6 +24,8 @@ static void usage(FILE *f)
             "usage: vmla-gen --preset P [--model FILE] --prompt TEXT [--seed N] [--seconds S]\n"
             "                --out FILE.{mp4,y4m} [--window W] [--sink S] [--latent-h H]\n"
             "                [--latent-w W] [--device cpu|cuda]\n"
+            "                [--sampler-steps T1,T2,.. --sampler-shift S] (default: the model\n"
+            "                file's vmla.sampler.* metadata, else the preset's)\n"
             "presets: %s\n",
             eng_config_presets());
 }
@@ -36,6 +40,7 @@ static double now(void)
 int main(int argc, char **argv)
 {
     const char *preset = NULL, *model = NULL, *prompt = NULL, *outp = NULL, *device = "cpu";
+    const char *sampler_steps = NULL, *sampler_shift = NULL;
     uint64_t seed = 0;
     double seconds = 2.0;
     long window = -1, sink = -1, lh = 0, lw = 0;
@@ -56,6 +61,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--out")) outp = v;
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--sampler-steps")) sampler_steps = v;
+        else if (!strcmp(a, "--sampler-shift")) sampler_shift = v;
         else if (!strcmp(a, "--seed")) bad = cli_u64(v, &seed);
         else if (!strcmp(a, "--seconds")) bad = cli_double(v, 0.01, 3600.0, &seconds);
         else if (!strcmp(a, "--window")) bad = cli_int(v, 1, 1024, &window);
@@ -80,6 +87,15 @@ int main(int argc, char **argv)
     char err[512];
     eng_config cfg;
     if (eng_config_preset(&cfg, preset, err, sizeof err)) {
+        fprintf(stderr, "vmla-gen: %s\n", err);
+        return 2;
+    }
+    if (model && eng_config_apply_file(&cfg, model, err, sizeof err)) {
+        fprintf(stderr, "vmla-gen: %s\n", err);
+        return 1;
+    }
+    if ((sampler_steps || sampler_shift) &&
+        eng_config_set_sampler(&cfg, sampler_steps, sampler_shift, "--sampler-steps/--sampler-shift", err, sizeof err)) {
         fprintf(stderr, "vmla-gen: %s\n", err);
         return 2;
     }
