@@ -789,29 +789,29 @@ typedef struct {
     int f0[KN_ROPE_MAX_STREAMS];
 } rope_f0s;
 
+/* The angle of pair j (of d/2) at frame f, row yy, column xx, in fp64 (docs/MODEL.md §4). */
+__device__ double rope_angle(int d, int j, double theta, int f, int yy, int xx)
+{
+    int dt = d - 4 * (d / 6), ds = 2 * (d / 6), pt = dt / 2, ps = ds / 2;
+    if (j < pt)
+        return (double)f * pow(theta, -2.0 * j / dt);
+    if (j < pt + ps)
+        return (double)yy * pow(theta, -2.0 * (j - pt) / ds);
+    return (double)xx * pow(theta, -2.0 * (j - pt - ps) / ds);
+}
+
 /* One thread per (table row, pair): the angle and its cos and sin in fp64, as k_rope3d. */
 __global__ void k_rope_table(dview tab, rope_f0s f0, int d, int nf, int gh, int gw, double theta, int64_t rows)
 {
-    int half = d / 2, dt = d - 4 * (d / 6), ds = 2 * (d / 6), pt = dt / 2, ps = ds / 2;
+    int half = d / 2;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * half)
         return;
     int64_t r = i / half, per = (int64_t)gh * gw, T = per * nf;
     int j = (int)(i % half), s = (int)(r / T);
     int64_t t = r % T;
-    int f = (int)(t / per), rem = (int)(t % per), yy = rem / gw, xx = rem % gw;
-    double freq, pos;
-    if (j < pt) {
-        freq = pow(theta, -2.0 * j / dt);
-        pos = (double)(f0.f0[s] + f);
-    } else if (j < pt + ps) {
-        freq = pow(theta, -2.0 * (j - pt) / ds);
-        pos = (double)yy;
-    } else {
-        freq = pow(theta, -2.0 * (j - pt - ps) / ds);
-        pos = (double)xx;
-    }
-    double ang = pos * freq;
+    int f = (int)(t / per), rem = (int)(t % per);
+    double ang = rope_angle(d, j, theta, f0.f0[s] + f, rem / gw, rem % gw);
     float2 *o = (float2 *)(tab.p + (r * tab.ld + 2 * j) * 4);
     *o = make_float2((float)cos(ang), (float)sin(ang));
 }
@@ -949,26 +949,15 @@ static kn_status cu_copy(kn_backend_t *be, kn_tensor y, kn_tensor x)
  * column pairs), applied to pair j of every head. */
 __global__ void k_rope3d(dview x, int heads, int d, int f0, int gh, int gw, double theta, int64_t ntok)
 {
-    int half = d / 2, dt = d - 4 * (d / 6), ds = 2 * (d / 6), pt = dt / 2, ps = ds / 2;
+    int half = d / 2;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= ntok * half)
         return;
     int64_t n = i / half;
     int j = (int)(i % half);
     int64_t per = (int64_t)gh * gw;
-    int f = (int)(n / per), rem = (int)(n % per), yy = rem / gw, xx = rem % gw;
-    double freq, pos;
-    if (j < pt) {
-        freq = pow(theta, -2.0 * j / dt);
-        pos = (double)(f0 + f);
-    } else if (j < pt + ps) {
-        freq = pow(theta, -2.0 * (j - pt) / ds);
-        pos = (double)yy;
-    } else {
-        freq = pow(theta, -2.0 * (j - pt - ps) / ds);
-        pos = (double)xx;
-    }
-    double ang = pos * freq, cs = cos(ang), sn = sin(ang);
+    int f = (int)(n / per), rem = (int)(n % per);
+    double ang = rope_angle(d, j, theta, f0 + f, rem / gw, rem % gw), cs = cos(ang), sn = sin(ang);
     for (int h = 0; h < heads; h++) {
         int64_t c = (int64_t)h * d + 2 * j;
         double a = dv_get(x, n, c), b = dv_get(x, n, c + 1);

@@ -599,41 +599,56 @@ static void t_attention(attn_case a)
     free(s.pages);
 }
 
+/* A paged (or contiguous) pool on both sides for the KV store / load tests, and the case's name. */
+typedef struct {
+    kvsrc s;
+    kn_kv g, c;
+    char what[128];
+} kv_case;
+
+static kv_case kv_case_new(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64_t tok0, int64_t col, int64_t n,
+                           int64_t w)
+{
+    kv_case k;
+    snprintf(k.what, sizeof k.what, "kv-%s tok%lld pt%d width%lld rows %lld..%lld cols %lld..%lld",
+             kn_dtype_name(kvdt), (long long)ntok, pt, (long long)width, (long long)tok0, (long long)(tok0 + n),
+             (long long)col, (long long)(col + w));
+    k.s = make_kv(kvdt, ntok, pt, width);
+    k.g = kv_of(&k.s, &k.s.pool, 1, ntok, pt);
+    k.c = kv_of(&k.s, &k.s.pool, 0, ntok, pt);
+    k.g.kv_heads = k.c.kv_heads = 1;
+    k.g.dk = k.c.dk = k.g.dv = k.c.dv = 1;
+    return k;
+}
+
+static void kv_case_drop(kv_case *k)
+{
+    drop(&k->s.pool);
+    free(k->s.pages);
+}
+
 static void t_kv_store(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64_t tok0, int64_t col, int64_t n,
                        int64_t w)
 {
-    char what[128];
-    snprintf(what, sizeof what, "kv-%s tok%lld pt%d width%lld rows %lld..%lld cols %lld..%lld", kn_dtype_name(kvdt),
-             (long long)ntok, pt, (long long)width, (long long)tok0, (long long)(tok0 + n), (long long)col,
-             (long long)(col + w));
-    kvsrc s = make_kv(kvdt, ntok, pt, width);
-    kn_kv kg = kv_of(&s, &s.pool, 1, ntok, pt), kc = kv_of(&s, &s.pool, 0, ntok, pt);
-    kg.kv_heads = kc.kv_heads = 1;
-    kg.dk = kc.dk = kg.dv = kc.dv = 1;
+    kv_case k = kv_case_new(kvdt, ntok, pt, width, tok0, col, n, w);
     tp src = mk(n, w, w + 3);
     put_rnd(&src, 2);
-    ok_both(kn_kv_store(gpu, &kg, tok0, col, src.g), kn_kv_store(cpu, &kc, tok0, col, src.c), "kv_store", what);
-    cmp("kv_store", what, &s.pool, kvdt == KN_F32 && gdt == KN_F32 ? 1e-7 : 0); /* the whole pool: nothing else moved */
-    drop(&src), drop(&s.pool);
-    free(s.pages);
+    ok_both(kn_kv_store(gpu, &k.g, tok0, col, src.g), kn_kv_store(cpu, &k.c, tok0, col, src.c), "kv_store", k.what);
+    /* the whole pool: nothing else moved */
+    cmp("kv_store", k.what, &k.s.pool, kvdt == KN_F32 && gdt == KN_F32 ? 1e-7 : 0);
+    drop(&src);
+    kv_case_drop(&k);
 }
 
 /* kn_kv_load: rows of a paged (or contiguous) pool back into a tensor */
 static void t_kv_load(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64_t tok0, int64_t col, int64_t n, int64_t w)
 {
-    char what[128];
-    snprintf(what, sizeof what, "kv-%s tok%lld pt%d width%lld rows %lld..%lld cols %lld..%lld", kn_dtype_name(kvdt),
-             (long long)ntok, pt, (long long)width, (long long)tok0, (long long)(tok0 + n), (long long)col,
-             (long long)(col + w));
-    kvsrc s = make_kv(kvdt, ntok, pt, width);
-    kn_kv kg = kv_of(&s, &s.pool, 1, ntok, pt), kc = kv_of(&s, &s.pool, 0, ntok, pt);
-    kg.kv_heads = kc.kv_heads = 1;
-    kg.dk = kc.dk = kg.dv = kc.dv = 1;
+    kv_case k = kv_case_new(kvdt, ntok, pt, width, tok0, col, n, w);
     tp dst = mk(n, w, w + 8);
-    ok_both(kn_kv_load(gpu, dst.g, &kg, tok0, col), kn_kv_load(cpu, dst.c, &kc, tok0, col), "kv_load", what);
-    cmp("kv_load", what, &dst, kvdt == KN_F32 && gdt == KN_F32 ? 1e-7 : 0);
-    drop(&dst), drop(&s.pool);
-    free(s.pages);
+    ok_both(kn_kv_load(gpu, dst.g, &k.g, tok0, col), kn_kv_load(cpu, dst.c, &k.c, tok0, col), "kv_load", k.what);
+    cmp("kv_load", k.what, &dst, kvdt == KN_F32 && gdt == KN_F32 ? 1e-7 : 0);
+    drop(&dst);
+    kv_case_drop(&k);
 }
 
 static void attention_suite(void)
