@@ -7,7 +7,8 @@
 Tensor names and shapes: docs/MODEL.md section 9 for the preset tiny (mla) or tiny-mha, plus
 text_encoder.embed.weight [64, 128] and text_encoder.pos.weight [12, 128] and the decoder.*
 tensors (latent_mean / latent_std from the VAE's latent statistics). The DiT weights are the EMA
-weights. Metadata: vmla.vocab (the tokenizer's word list), preset, training.
+weights. Metadata: vmla.vocab (the tokenizer's word list), preset, training, and (when given) the
+sampler the model is meant for: vmla.sampler.steps, vmla.sampler.shift.
 
 The safetensors reader and writer here are plain numpy (no safetensors package needed).
 """
@@ -116,7 +117,14 @@ def check_names(w, layout):
             [n for n in want if n in got and want[n] != got[n]][:5]))
 
 
-def export(dit_state, dec_state, layout, path, training=TRAINING_NOTE):
+def sampler_meta(steps, shift):
+    """The metadata keys the engine reads for the sampler (docs/MODEL.md section 6):
+    vmla.sampler.steps "1000,750,500,250", vmla.sampler.shift "5" (numbers as %g)."""
+    return {"vmla.sampler.steps": ",".join("%g" % float(x) for x in steps),
+            "vmla.sampler.shift": "%g" % float(shift)}
+
+
+def export(dit_state, dec_state, layout, path, training=TRAINING_NOTE, sampler=None):
     w = weights_dict(dit_state, dec_state)
     check_names(w, layout)
     for k, a in w.items():
@@ -124,6 +132,8 @@ def export(dit_state, dec_state, layout, path, training=TRAINING_NOTE):
             raise ValueError("export: %s has non-finite values" % k)
     meta = {"vmla.vocab": D.VOCAB_STRING, "preset": "tiny" if layout == "mla" else "tiny-mha",
             "training": training}
+    if sampler:
+        meta.update(sampler_meta(*sampler))
     d = os.path.dirname(path)
     if d:
         os.makedirs(d, exist_ok=True)

@@ -7,10 +7,12 @@ in float64 on the CPU from the exported BF16 weights (cast to float64).
     (--model, --out to override; --png DIR also writes the decoded frames of the 3 chunks)
 
 Tensors: tokens [12] (ids as floats), gen.chunk.0..2 [8, 3, 12, 12] (latents of 3 consecutive
-chunks: 4 steps 1000/750/500/250 shift 5, Philox stream noise of the seed, window 6, sink 1, each
-followed by its cache pass at t = 0), gen.rgb.0 [12, 96, 96, 3] (decoded frames of chunk 0, prev =
-zeros, float in [0, 1], stored F16 to stay under 1 MiB; the others F32).
-Metadata: prompt, seed, window, sink, layout, model, latent_h, latent_w.
+chunks: the model file's sampler (metadata vmla.sampler.steps / vmla.sampler.shift, docs/MODEL.md
+section 6; without them 4 steps 1000/750/500/250 shift 5), Philox stream noise of the seed, window
+6, sink 1, each followed by its cache pass at t = 0), gen.rgb.0 [12, 96, 96, 3] (decoded frames of
+chunk 0, prev = zeros, float in [0, 1], stored F16 to stay under 1 MiB; the others F32).
+Metadata: prompt, seed, window, sink, layout, model, latent_h, latent_w, sampler.steps,
+sampler.shift (the schedule used, as the model file states it).
 """
 
 import argparse
@@ -43,14 +45,24 @@ def load_model(path, layout, dtype=torch.float64, device="cpu"):
     return R.VmlaModel(cfg, wt, dtype=dtype, device=device), meta
 
 
-def generate(model, vocab, prompt, seed, n_chunks, window=WINDOW, sink=SINK):
+def sampler_of(meta):
+    """(steps, shift) of the model file's metadata, each value rounded to float32 as the engine
+    stores it (engine/config.h), and the metadata strings; the original schedule when absent."""
+    st = meta.get("vmla.sampler.steps", "1000,750,500,250")
+    sh = meta.get("vmla.sampler.shift", "5")
+    steps = [float(np.float32(float(x))) for x in st.split(",")]
+    return steps, float(np.float32(float(sh))), st, sh
+
+
+def generate(model, vocab, prompt, seed, n_chunks, window=WINDOW, sink=SINK, steps=(1000, 750, 500, 250),
+             shift=5.0):
     """-> token ids [L], list of chunk latents [C, 3, 12, 12], list of RGB [12, 96, 96, 3]."""
     ids, ctx, ctx_kv = R.prompt_context(model, [prompt], vocab_words=vocab)
     cache = R.KVCache(window, sink, 3)
     chunks, rgbs = [], []
     prev = None
     for n in range(n_chunks):
-        x0 = R.generate_chunk(model, cache, n, ctx_kv, [seed], 12, 12)
+        x0 = R.generate_chunk(model, cache, n, ctx_kv, [seed], 12, 12, steps=steps, shift=shift)
         rgbs.append(model.decode(x0, prev)[0])
         prev = x0[:, :, -1]
         chunks.append(x0[0])
@@ -70,14 +82,15 @@ def main():
     model, meta = load_model(path, a.layout)
     vocab = meta["vmla.vocab"]
     assert vocab == D.VOCAB_STRING, "model vocabulary differs from data.VOCAB"
-    ids, chunks, rgbs = generate(model, vocab, PROMPT, SEED, N_CHUNKS)
+    steps, shift, st_text, sh_text = sampler_of(meta)
+    ids, chunks, rgbs = generate(model, vocab, PROMPT, SEED, N_CHUNKS, steps=steps, shift=shift)
     g = {"tokens": ids.to(torch.float64).numpy().astype(np.float32)}
     for n, c in enumerate(chunks):
         g["gen.chunk.%d" % n] = c.numpy().astype(np.float32)
     g["gen.rgb.0"] = rgbs[0].numpy().astype(np.float16)
     md = {"prompt": PROMPT, "seed": str(SEED), "window": str(WINDOW), "sink": str(SINK),
           "layout": a.layout, "model": MODELS[a.layout] if a.model is None else rel,
-          "latent_h": "12", "latent_w": "12",
+          "latent_h": "12", "latent_w": "12", "sampler.steps": st_text, "sampler.shift": sh_text,
           "note": "float64 reference (tools/reference/vmla_ref.py) on the BF16 weights; "
                   "gen.rgb.0 stored F16"}
     E.write_safetensors(out, g, md, dtypes={"gen.rgb.0": "F16"})

@@ -54,10 +54,13 @@ def autocast(on):
     return torch.autocast("cuda", dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
-def sample_sigmas(rng, n, p_sampler=0.75):
-    s = np.array(SAMPLER_SIGMAS)[rng.integers(4, size=n)]
+def sample_sigmas(rng, n, p_sampler=0.75, sigmas=None, shift=5.0):
+    """p_sampler: one of the sampler's sigma' (`sigmas`, default the engine's original four), else
+    uniform warped by `shift`. (With the defaults the draws are those of the earlier runs.)"""
+    sg = SAMPLER_SIGMAS if sigmas is None else sigmas
+    s = np.array(sg)[rng.integers(len(sg), size=n)]
     u = rng.random(n)
-    warped = 5.0 * u / (1.0 + 4.0 * u)
+    warped = shift * u / (1.0 + (shift - 1.0) * u)
     return np.where(rng.random(n) < p_sampler, s, warped)
 
 
@@ -66,7 +69,7 @@ class Batcher:
 
     def __init__(self, enc, mean, std, device, K=3, p_first=0.3, max_chunk=85, ctx_noise=0.1,
                  amp=True, start=None, compact=False, size_range=D.SIZE_RANGE,
-                 speed_range=D.SPEED_RANGE, obj_weight=0.0):
+                 speed_range=D.SPEED_RANGE, obj_weight=0.0, sigmas=None, shift=5.0):
         self.enc, self.device, self.K = enc, device, K
         self.mean = mean.view(1, -1, 1, 1).to(device)
         self.std = std.view(1, -1, 1, 1).to(device)
@@ -78,6 +81,7 @@ class Batcher:
         self.compact = compact        # drop invalid slots (all sequences must share one n0)
         self.size_range, self.speed_range = size_range, speed_range
         self.obj_weight = obj_weight  # extra loss weight on the object's latent pixels (loss_fn)
+        self.sigmas, self.shift = sigmas, shift   # the sampler's sigma' (sample_sigmas)
 
     def __call__(self, rng, B):
         dev = self.device
@@ -114,7 +118,8 @@ class Batcher:
         noisy = torch.as_tensor(lay["noisy"], device=dev)
         valid = torch.as_tensor(lay["valid"], device=dev)
         # one sigma per noisy chunk (slots of a chunk share it)
-        sig_chunk = torch.as_tensor(sample_sigmas(rng, B * self.K), device=dev, dtype=torch.float32)
+        sig_chunk = torch.as_tensor(sample_sigmas(rng, B * self.K, sigmas=self.sigmas, shift=self.shift),
+                                    device=dev, dtype=torch.float32)
         sig = torch.zeros(B, S, device=dev)
         sig[:, S - 3 * self.K:] = sig_chunk.view(B, self.K).repeat_interleave(3, dim=1)
         eps = torch.randn(z.shape, device=dev)
@@ -130,7 +135,7 @@ class Batcher:
         w = (noisy & valid).float()                                          # loss weight per slot
         return {"lat": lat, "z": z, "obj": obj, "obj_weight": self.obj_weight, "t": t, "frame": frames, "mask": torch.as_tensor(lay["mask"], device=dev),
                 "ids": torch.as_tensor(p["tokens"], device=dev), "target": target, "w": w,
-                "sig": sig, "first": torch.as_tensor(n0 == 0, device=dev)}
+                "sig": sig, "first": torch.as_tensor(n0 == 0, device=dev), "noisy": noisy}
 
 
 def self_context(model, b, rng, frac, amp, lo=0.35, hi=0.75):
@@ -162,6 +167,55 @@ def self_context(model, b, rng, frac, amp, lo=0.35, hi=0.75):
     b = dict(b)
     b["lat"] = torch.where(use, x0, b["lat"])
     b["selfctx"] = sel
+    return b
+
+
+def rollout_inputs(model, b, rng, frac, sigmas, amp):
+    """Give a fraction `frac` of the sequences the inputs the engine's sampler really feeds
+    (docs/MODEL.md section 6) instead of (1 - s) x0 + s eps: each noisy chunk gets a step k
+    (uniform over the sampler's sigma' `sigmas`), starts from pure noise and is advanced k steps by
+    the model itself (no gradient; x0 = x - s_j v, re-noised to s_{j+1} with fresh noise), its
+    context slots as in the batch. The target becomes the v that maps that input to the ground
+    truth, (x - x0_true) / s_k, so every step learns to turn the previous steps' blurred estimate
+    into the real video (the first chunk of recipe v2 is nearly determined by the prompt)."""
+    B = b["lat"].shape[0]
+    pick = np.nonzero(rng.random(B) < frac)[0]
+    if len(pick) == 0:
+        return b
+    dev = b["lat"].device
+    idx = torch.as_tensor(pick, device=dev)
+    lat, t, z = b["lat"][idx], b["t"][idx].clone(), b["z"][idx]
+    frame, mask, ids, w = b["frame"][idx], b["mask"][idx], b["ids"][idx], b["w"][idx]
+    S = lat.shape[2]
+    noisy = b["noisy"][idx]                                             # [n, S]
+    # one step index per noisy chunk (3 slots each, the last 3K slots)
+    nchunks = int(noisy[0].sum().item()) // 3
+    ks = rng.integers(len(sigmas), size=(len(pick), nchunks))
+    kslot = torch.zeros(len(pick), S, dtype=torch.long, device=dev)
+    kslot[:, S - 3 * nchunks:] = torch.as_tensor(ks, device=dev).repeat_interleave(3, dim=1)
+    sg = torch.as_tensor(sigmas, device=dev, dtype=torch.float32)
+    n5 = noisy[:, None, :, None, None]
+    x = torch.where(n5, torch.randn(z.shape, device=dev), lat)
+    kmax = int(ks.max())
+    with torch.no_grad():
+        for j in range(kmax):
+            sj = sg[torch.clamp(kslot, max=j)]                          # [n, S]
+            tt = torch.where(noisy, sj * 1000.0, t)
+            with autocast(amp):
+                v = model(x, tt, frame, mask, ids)
+            x0 = x - sj[:, None, :, None, None] * v.float()
+            s_next = sg[torch.clamp(kslot, max=j + 1)][:, None, :, None, None]
+            adv = n5 & (kslot > j)[:, None, :, None, None]
+            x = torch.where(adv, (1.0 - s_next) * x0 + s_next * torch.randn(z.shape, device=dev), x)
+    sk = sg[kslot]                                                      # [n, S]
+    s5 = sk[:, None, :, None, None]
+    b = dict(b)
+    b["lat"], b["t"], b["sig"] = b["lat"].clone(), b["t"].clone(), b["sig"].clone()
+    b["target"] = b["target"].clone()
+    b["lat"][idx] = torch.where(n5, x, lat)
+    b["t"][idx] = torch.where(noisy, sk * 1000.0, t)
+    b["sig"][idx] = torch.where(noisy, sk, b["sig"][idx])
+    b["target"][idx] = torch.where(n5, (x - z) / torch.clamp(s5, min=1e-3), b["target"][idx])
     return b
 
 
@@ -219,7 +273,17 @@ def main():
     ap.add_argument("--self-ctx", type=float, default=0.0,
                     help="fraction of sequences trained on self-reconstructed context (self_context)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--sampler-steps", default="", help="the sampler the model is trained for "
+                    "(timesteps, e.g. 1000,750,500,250; default the engine's original); also exported as metadata")
+    ap.add_argument("--sampler-shift", type=float, default=5.0)
+    ap.add_argument("--uniform-shift", type=float, default=5.0,
+                    help="shift of the 25%% uniform sigma draws")
+    ap.add_argument("--obj-weight", type=float, default=0.0, help="loss weight 1 + W on the object's latent pixels")
+    ap.add_argument("--rollout", type=float, default=0.0,
+                    help="fraction of sequences whose noisy inputs come from the model's own sampler steps")
     a = ap.parse_args()
+    steps_list = [float(x) for x in a.sampler_steps.split(",")] if a.sampler_steps else list(vmla_rng.DEFAULT_STEPS)
+    sigmas = vmla_rng.warped_sigmas(steps_list, a.sampler_shift)
     if a.threads:
         torch.set_num_threads(a.threads)
     if not a.steps and not a.seconds:
@@ -272,7 +336,8 @@ def main():
     rec = D.RECIPES[a.data]
     batcher = Batcher(enc, dec.latent_mean, dec.latent_std, dev, p_first=a.p_first,
                       max_chunk=a.max_chunk, ctx_noise=a.ctx_noise, amp=amp, start=rec["start"],
-                      size_range=rec["size"], speed_range=rec["speed"])
+                      size_range=rec["size"], speed_range=rec["speed"], obj_weight=a.obj_weight,
+                      sigmas=sigmas, shift=a.uniform_shift)
     log = open(log_path, "a")
 
     def say(msg):
@@ -293,9 +358,11 @@ def main():
         if a.export:
             import export as E
             E.export(ema.state_dict(), dec.state_dict(), a.layout, a.export,
-                     training="%s; step %d of %d (data %s, self-ctx %g%s)" % (
+                     training="%s; step %d of %d (data %s, self-ctx %g%s%s)" % (
                          E.TRAINING_NOTE, step, steps, a.data, a.self_ctx,
-                         ", from " + os.path.basename(a.init) if a.init else ""))
+                         (", rollout %g, obj-weight %g" % (a.rollout, a.obj_weight)) if a.rollout or a.obj_weight else "",
+                         ", from " + os.path.basename(a.init) if a.init else ""),
+                     sampler=(steps_list, a.sampler_shift) if a.sampler_steps else None)
     while True:
         if steps and step >= steps:
             break
@@ -321,6 +388,8 @@ def main():
         b = batcher(rng, a.batch)
         if a.self_ctx > 0:
             b = self_context(model, b, rng, a.self_ctx, amp)
+        if a.rollout > 0:
+            b = rollout_inputs(model, b, rng, a.rollout, sigmas, amp)
         loss, err = loss_fn(model, b, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -338,7 +407,7 @@ def main():
                 sys.exit(3)
             upd("loss", lv)
             w, sig = b["w"], b["sig"]
-            for k, s in enumerate(SAMPLER_SIGMAS):
+            for k, s in enumerate(sigmas[:4]):
                 sel = w * (torch.abs(sig - s) < 1e-6).float()
                 if float(sel.sum()) > 0:
                     upd("s%d" % k, float((err * sel).sum() / sel.sum()))
@@ -347,10 +416,13 @@ def main():
             if float(first.sum()) > 0:
                 upd("chunk0", float((err * first).sum() / first.sum()))
         if step % a.log_every == 0 or step == 1:
-            say("%s step %d/%d loss %.4f avg %.4f | sigma' 1 %.4f .94 %.4f .83 %.4f .62 %.4f | "
+            # (the per-sigma' columns are the sampler's first four sigma'; the logs of device run 4
+            # still say "1 .94 .83 .62" there, for 1 .833 .667 .5)
+            say("%s step %d/%d loss %.4f avg %.4f | sigma' %s | "
                 "chunk0 %.4f | lr %.2e gn %.2f | %.0fs" % (
-                    a.layout, step, steps, float(loss), avg.get("loss", 0), avg.get("s0", 0),
-                    avg.get("s1", 0), avg.get("s2", 0), avg.get("s3", 0), avg.get("chunk0", 0),
+                    a.layout, step, steps, float(loss), avg.get("loss", 0),
+                    " ".join("%.3g %.4f" % (sg, avg.get("s%d" % k, 0)) for k, sg in enumerate(sigmas[:4])),
+                    avg.get("chunk0", 0),
                     lr, float(gn), time.time() - t0))
         if time.time() - last_save > a.save_every:
             save_ckpt(ck_path, model, ema, opt, step, steps, rng, {"avg": avg})
