@@ -245,11 +245,11 @@ def main():
     ap.add_argument("--sampler-shift", help="vmla-gen --sampler-shift (default: the model file's)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    extra = []
+    gen_extra = []
     if args.sampler_steps:
-        extra += ["--sampler-steps", args.sampler_steps]
+        gen_extra += ["--sampler-steps", args.sampler_steps]
     if args.sampler_shift:
-        extra += ["--sampler-shift", args.sampler_shift]
+        gen_extra += ["--sampler-shift", args.sampler_shift]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (combo, held, long_) in enumerate(prompts(args.held, args.seen, seed=args.prompt_seed,
@@ -258,7 +258,7 @@ def main():
             path = os.path.join(tmp, "v%d.y4m" % i)
             secs = args.seconds if long_ else min(args.seconds, 5.0)
             r = subprocess.run([args.gen, "--preset", args.preset, "--model", args.model, "--prompt", text,
-                                "--seed", str(args.seed + i), "--seconds", str(secs), "--out", path] + extra,
+                                "--seed", str(args.seed + i), "--seconds", str(secs), "--out", path] + gen_extra,
                                capture_output=True, text=True)
             if r.returncode:
                 print("vmla-gen failed: " + r.stderr.strip())
