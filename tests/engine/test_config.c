@@ -21,7 +21,14 @@ static void test_parser_good(void)
     char err[256];
     eng_config c;
     eng_config_preset(&c, "tiny", err, sizeof err);
-    CHECK(c.n_steps == 4 && c.steps[0] == 1000.0f && c.steps[3] == 250.0f && c.shift == 5.0f, "tiny preset sampler");
+    CHECK(c.n_steps == 6 && c.steps[0] == 1000.0f && c.steps[5] == 167.0f && c.shift == 1.0f, "tiny preset sampler");
+    static const char *const others[] = {"tiny-test", "tiny-test-mla", "wan-1.3b", "wan-1.3b-mla"};
+    for (int i = 0; i < 4; i++) { /* every other preset keeps the 4 steps 1000..250, shift 5 */
+        eng_config d;
+        eng_config_preset(&d, others[i], err, sizeof err);
+        CHECK(d.n_steps == 4 && d.steps[0] == 1000.0f && d.steps[3] == 250.0f && d.shift == 5.0f,
+              "%s keeps the default sampler", others[i]);
+    }
     CHECK(eng_config_set_sampler(&c, "1000,875,750,625,500,375,250,125", "1", "t", err, sizeof err) == 0, "8 steps: %s", err);
     CHECK(c.n_steps == 8 && c.steps[7] == 125.0f && c.shift == 1.0f, "8 steps applied");
     CHECK(eng_config_set_sampler(&c, "1000,812.5,1e2", NULL, "t", err, sizeof err) == 0, "decimals: %s", err);

@@ -14,6 +14,7 @@
 #include "engine/rng.h"
 #include "engine/safetensors.h"
 #include "engine/tokenizer.h"
+#include "engine/weights.h"
 #include "tests/check.h"
 
 #define ATOL 1e-4
@@ -254,6 +255,17 @@ static void run_bundled(const char *layout, const char *src)
     CHECK(prompt && seed_s, "golden metadata");
     eng_config cfg;
     eng_config_preset(&cfg, strcmp(layout, "mla") ? "tiny-mha" : "tiny", err, sizeof err);
+    /* the sampler is the model file's (vmla.sampler.*), and the reference must have used the same */
+    CHECK(eng_config_apply_file(&cfg, mpath, err, sizeof err) == 0, "sampler of %s: %s", mpath, err);
+    const char *gst = st_metadata(g, "sampler.steps"), *gsh = st_metadata(g, "sampler.shift");
+    CHECK(gst && gsh, "the golden does not say which sampler the reference ran");
+    if (gst && gsh) {
+        eng_config ref = cfg;
+        CHECK(eng_config_set_sampler(&ref, gst, gsh, gpath, err, sizeof err) == 0, "%s", err);
+        CHECK(ref.n_steps == cfg.n_steps && !memcmp(ref.steps, cfg.steps, sizeof ref.steps) && ref.shift == cfg.shift,
+              "the golden's sampler (%s, shift %s) is not the model file's", gst, gsh);
+        printf("  sampler: steps %s, shift %s\n", gst, gsh);
+    }
     kn_backend_t *be = kn_cpu_backend_new();
     eng_options o;
     eng_options_default(&o);
