@@ -13,6 +13,7 @@
 
 #include "engine/cli.h"
 #include "engine/sched_exec.h"
+#include "engine/weights.h"
 #include "server/server.h"
 
 static void usage(FILE *f)
@@ -132,6 +133,11 @@ int main(int argc, char **argv)
     char err[512];
     eng_config cfg;
     if (eng_config_preset(&cfg, o->preset, err, sizeof err)) {
+        fprintf(stderr, "vmla-server: %s\n", err);
+        return 2;
+    }
+    /* the sampler the model was trained for, when its file names one (vmla.sampler.*) */
+    if (o->model && eng_config_apply_file(&cfg, o->model, err, sizeof err)) {
         fprintf(stderr, "vmla-server: %s\n", err);
         return 2;
     }

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -55,9 +56,9 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *extra, env=None):
+    def __init__(self, *extra, env=None, model=MODEL):
         self.port, self.ws_port = free_port(), free_port()
-        args = [SERVER, "--preset", "tiny-test-mla", "--model", MODEL, "--port", str(self.port),
+        args = [SERVER, "--preset", "tiny-test-mla", "--model", model, "--port", str(self.port),
                 "--ws-port", str(self.ws_port), "--web-root", os.path.join(SRC, "web-client")] + list(extra)
         e = dict(os.environ)
         e.update(env or {})
@@ -431,6 +432,48 @@ def test_limits():
     check(rc == 0, "limits server exits 0 on SIGTERM")
 
 
+def with_metadata(src, dst, meta):
+    """Copy a safetensors file with entries added to its __metadata__ (the header is rewritten; data
+    offsets are relative to the end of the header, so the tensors stay valid)."""
+    raw = open(src, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + n])
+    head.setdefault("__metadata__", {}).update(meta)
+    h = json.dumps(head).encode()
+    h += b" " * (-len(h) % 8)
+    with open(dst, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + raw[8 + n:])
+
+
+def test_model_sampler():
+    """The server runs the sampler a model file names (vmla.sampler.*), and refuses a malformed one
+    at start with a message naming the file."""
+    d = tempfile.mkdtemp()
+    bad, good = os.path.join(d, "bad.safetensors"), os.path.join(d, "good.safetensors")
+    with_metadata(MODEL, bad, {"vmla.sampler.steps": "1000,2000"})
+    with_metadata(MODEL, good, {"vmla.sampler.steps": "1000,500", "vmla.sampler.shift": "1"})
+    p = subprocess.run([SERVER, "--preset", "tiny-test-mla", "--model", bad, "--port", str(free_port()),
+                        "--ws-port", str(free_port())], capture_output=True, timeout=60)
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode == 2 and "bad.safetensors" in err and "steps" in err,
+          "a malformed sampler in the model file: exit 2 naming the file (%d: %s)" % (p.returncode, err.strip()))
+    s = Server("--max-sessions", "2", "--calibrate", "0", model=good)
+    try:
+        st, a, _ = create(s, prompt="a red square moving left", seed=3)
+        check(st == 201, "session with the file's sampler created (%s)" % st)
+        _, media, data, close = watch(a["stream_url"], until_end=False, max_msgs=8)
+        check(len(media) > 0 and len(data) > 0 and close is None,
+              "a model file's 2-step sampler serves video (%d media messages)" % len(media))
+        _, b, _ = s.get("/metrics")
+        check(b"vmla_" in b, "metrics answer")
+    except Exception as e:
+        check(False, "model sampler: %r" % e)
+    finally:
+        rc = s.stop()
+    check(rc == 0, "sampler server exits 0 on SIGTERM")
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def gray_frames(data, suffix=".h264"):
     with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
         f.write(data)
@@ -559,6 +602,7 @@ def main():
     if not QUICK:
         test_limits()
     test_offload()
+    test_model_sampler()
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 
