@@ -73,7 +73,11 @@ else()
     target_link_libraries(fuzz_${f} PkgConfig::JANSSON)
     target_link_options(fuzz_${f} PRIVATE -fsanitize=fuzzer)
   endforeach()
-  foreach(f safetensors proto_media proto_json)
+  add_executable(fuzz_sampler tests/fuzz/fuzz_sampler.c engine/config.c)
+  target_include_directories(fuzz_sampler PRIVATE ${CMAKE_SOURCE_DIR})
+  target_link_libraries(fuzz_sampler m)
+  target_link_options(fuzz_sampler PRIVATE -fsanitize=fuzzer)
+  foreach(f safetensors proto_media proto_json sampler)
     add_test(NAME fuzz_${f}
       COMMAND bash ${CMAKE_SOURCE_DIR}/tests/fuzz/run.sh $<TARGET_FILE:fuzz_${f}>
               ${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${f} ${VMLA_FUZZ_SECONDS})
