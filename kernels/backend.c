@@ -530,23 +530,30 @@ kn_status kn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
     CALL(attention, out, q, kv, q_heads, scale);
 }
 
+/* Token rows tok0 .. tok0+t.rows-1 at columns col .. col+t.cols-1 of kv: listed and inside the buffer. */
+static kn_status kv_rows_args(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor t,
+                              const char *name, const char *side)
+{
+    VIEW(t, name);
+    CHECK(kv && tok0 >= 0 && col >= 0 && tok0 + t.rows <= kv->n_tokens, "%s: tokens %lld..%lld outside the %lld listed",
+          name, (long long)tok0, (long long)(tok0 + t.rows), kv ? (long long)kv->n_tokens : 0LL);
+    CHECK(kv_ok(kv, col + t.cols), "%s: %s outside its buffer or malformed", name, side);
+    return KN_OK;
+}
+
 kn_status kn_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src)
 {
-    VIEW(src, "kv_store src");
-    CHECK(kv && tok0 >= 0 && col >= 0 && tok0 + src.rows <= kv->n_tokens,
-          "kv_store: tokens %lld..%lld outside the %lld listed", (long long)tok0,
-          (long long)(tok0 + src.rows), kv ? (long long)kv->n_tokens : 0LL);
-    CHECK(kv_ok(kv, col + src.cols), "kv_store: destination outside its buffer or malformed");
+    kn_status st = kv_rows_args(be, kv, tok0, col, src, "kv_store", "destination");
+    if (st != KN_OK)
+        return st;
     CALL(kv_store, kv, tok0, col, src);
 }
 
 kn_status kn_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col)
 {
-    VIEW(dst, "kv_load dst");
-    CHECK(kv && tok0 >= 0 && col >= 0 && tok0 + dst.rows <= kv->n_tokens,
-          "kv_load: tokens %lld..%lld outside the %lld listed", (long long)tok0,
-          (long long)(tok0 + dst.rows), kv ? (long long)kv->n_tokens : 0LL);
-    CHECK(kv_ok(kv, col + dst.cols), "kv_load: source outside its buffer or malformed");
+    kn_status st = kv_rows_args(be, kv, tok0, col, dst, "kv_load", "source");
+    if (st != KN_OK)
+        return st;
     CALL(kv_load, dst, kv, tok0, col);
 }
 

@@ -268,6 +268,12 @@ static void rope_freqs(double *freq, int d, double theta, int *pt, int *ps)
     }
 }
 
+/* The position pair j turns with: the frame, the row or the column. */
+static inline double rope_pos(int j, int pt, int ps, int f, int yy, int xx)
+{
+    return j < pt ? (double)f : j < pt + ps ? (double)yy : (double)xx;
+}
+
 kn_status cpu_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, int gh, int gw,
                      double theta)
 {
@@ -283,8 +289,7 @@ kn_status cpu_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, i
             for (int xx = 0; xx < gw; xx++, n++) {
                 double cs[512], sn[512];
                 for (int j = 0; j < half; j++) {
-                    double pos = j < pt ? (double)(f0 + f) : j < pt + ps ? (double)yy : (double)xx;
-                    double ang = pos * freq[j];
+                    double ang = rope_pos(j, pt, ps, f0 + f, yy, xx) * freq[j];
                     cs[j] = cos(ang);
                     sn[j] = sin(ang);
                 }
@@ -316,8 +321,7 @@ kn_status cpu_rope3d_table(kn_backend_t *be, kn_tensor table, const int *f0, int
                 for (int xx = 0; xx < gw; xx++, r++) {
                     float *row = rowp(table, r);
                     for (int j = 0; j < half; j++) {
-                        double pos = j < pt ? (double)(f0[s] + f) : j < pt + ps ? (double)yy : (double)xx;
-                        double ang = pos * freq[j];
+                        double ang = rope_pos(j, pt, ps, f0[s] + f, yy, xx) * freq[j];
                         row[2 * j] = (float)cos(ang);
                         row[2 * j + 1] = (float)sin(ang);
                     }

@@ -16,7 +16,8 @@
 static kn_backend_t *be;
 static char gdir[512], tmpdir[256];
 
-static eng_engine_t *open_engine(const char *preset, const char *weights, int batch, int streams, int kv_pages)
+static eng_engine_t *open_engine_mla(const char *preset, const char *weights, int batch, int streams, int kv_pages,
+                                     int mla_attention)
 {
     eng_config c;
     char err[512];
@@ -28,10 +29,16 @@ static eng_engine_t *open_engine(const char *preset, const char *weights, int ba
     o.max_batch = batch;
     o.max_streams = streams;
     o.kv_pages = kv_pages;
+    o.mla_attention = mla_attention;
     eng_engine_t *e = NULL;
     eng_status st = eng_open(&e, be, &c, &o, err, sizeof err);
     CHECK(st == ENG_OK, "eng_open %s: %s", preset, err);
     return e;
+}
+
+static eng_engine_t *open_engine(const char *preset, const char *weights, int batch, int streams, int kv_pages)
+{
+    return open_engine_mla(preset, weights, batch, streams, kv_pages, ENG_MLA_AUTO);
 }
 
 enum { NLAT = 4 * 3 * 4 * 6, NCH = 3 };
@@ -120,17 +127,7 @@ static void test_mla_forms(void)
     static float lat[2][NCH][NLAT], bat[NCH][NLAT];
     eng_engine_t *e[2] = {0};
     for (int f = 0; f < 2; f++) {
-        eng_config c;
-        char err[512];
-        eng_config_preset(&c, "tiny-test-mla", err, sizeof err);
-        eng_options o;
-        eng_options_default(&o);
-        o.weight_seed = 5;
-        o.max_batch = 2;
-        o.max_streams = 2;
-        o.mla_attention = f ? ENG_MLA_REBUILD : ENG_MLA_ABSORB;
-        CHECK(eng_open(&e[f], be, &c, &o, err, sizeof err) == ENG_OK, "eng_open (%s): %s", f ? "rebuild" : "absorb",
-              err);
+        e[f] = open_engine_mla("tiny-test-mla", NULL, 2, 2, 0, f ? ENG_MLA_REBUILD : ENG_MLA_ABSORB);
         if (!e[f])
             return;
         alone(e[f], 21, "a red square moving left", lat[f]);

@@ -29,14 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define REQUIRE(c)                                                                        \
-    do {                                                                                  \
-        if (!(c)) {                                                                       \
-            fprintf(stderr, "%s:%d: broken promise: %s\n", __FILE__, __LINE__, #c);      \
-            abort();                                                                      \
-        }                                                                                 \
-    } while (0)
+#include "tests/fuzz/fuzz.h"
 
 static int printable(const char *s)
 {

@@ -26,14 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define REQUIRE(c)                                                                        \
-    do {                                                                                  \
-        if (!(c)) {                                                                       \
-            fprintf(stderr, "%s:%d: broken promise: %s\n", __FILE__, __LINE__, #c);      \
-            abort();                                                                      \
-        }                                                                                 \
-    } while (0)
+#include "tests/fuzz/fuzz.h"
 
 /* Iterate p[0..len) as Annex-B records; when rebuild, the records must re-encode to p exactly
  * (on a clean end). */

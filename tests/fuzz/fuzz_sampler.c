@@ -20,14 +20,7 @@
 #include <string.h>
 
 #include "engine/config.h"
-
-#define REQUIRE(c)                                                                        \
-    do {                                                                                  \
-        if (!(c)) {                                                                       \
-            fprintf(stderr, "%s:%d: broken promise: %s\n", __FILE__, __LINE__, #c);      \
-            abort();                                                                      \
-        }                                                                                 \
-    } while (0)
+#include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -258,9 +258,12 @@ static void ok_both(kn_status sg, kn_status sc, const char *op, const char *what
 static const int64_t ROWS[] = {1, 7, 33, 257};
 static const int64_t COLS[] = {6, 18, 130};
 
-static void t_linear(int64_t N, int64_t in, int64_t out, int bias, int strided)
+/* y = x w^T (+ b), then gelu_tanh when gelu is set (the GPU fuses it into the GEMM's epilogue, the
+ * CPU runs the two ops) */
+static void t_linear_g(int64_t N, int64_t in, int64_t out, int bias, int strided, int gelu)
 {
     char what[96];
+    const char *op = gelu ? "linear_gelu" : "linear";
     snprintf(what, sizeof what, "N%lld in%lld out%lld%s%s", (long long)N, (long long)in, (long long)out,
              bias ? " bias" : "", strided ? " strided" : "");
     int s = strided ? 5 : 0;
@@ -268,27 +271,17 @@ static void t_linear(int64_t N, int64_t in, int64_t out, int bias, int strided)
     put_rnd(&x, 1);
     put_rnd(&w, 0.3f);
     put_rnd(&b, 1);
-    ok_both(kn_linear(gpu, y.g, x.g, w.g, bias ? &b.g : NULL), kn_linear(cpu, y.c, x.c, w.c, bias ? &b.c : NULL),
-            "linear", what);
-    cmp("linear", what, &y, 0);
+    kn_status (*f)(kn_backend_t *, kn_tensor, kn_tensor, kn_tensor, const kn_tensor *) =
+        gelu ? kn_linear_gelu : kn_linear;
+    ok_both(f(gpu, y.g, x.g, w.g, bias ? &b.g : NULL), f(cpu, y.c, x.c, w.c, bias ? &b.c : NULL), op, what);
+    cmp(op, what, &y, 0);
     drop(&x), drop(&w), drop(&y), drop(&b);
 }
-
-/* gelu_tanh(x w^T + b): the GPU fuses it into the GEMM's epilogue, the CPU runs the two ops */
-static void t_linear_gelu(int64_t N, int64_t in, int64_t out, int bias)
+static void t_linear(int64_t N, int64_t in, int64_t out, int bias, int strided)
 {
-    char what[96];
-    snprintf(what, sizeof what, "N%lld in%lld out%lld%s", (long long)N, (long long)in, (long long)out,
-             bias ? " bias" : "");
-    tp x = mk(N, in, in), w = mk(out, in, in), y = mk(N, out, out), b = mk(1, out, out);
-    put_rnd(&x, 1);
-    put_rnd(&w, 0.3f);
-    put_rnd(&b, 1);
-    ok_both(kn_linear_gelu(gpu, y.g, x.g, w.g, bias ? &b.g : NULL), kn_linear_gelu(cpu, y.c, x.c, w.c, bias ? &b.c : NULL),
-            "linear_gelu", what);
-    cmp("linear_gelu", what, &y, 0);
-    drop(&x), drop(&w), drop(&y), drop(&b);
+    t_linear_g(N, in, out, bias, strided, 0);
 }
+static void t_linear_gelu(int64_t N, int64_t in, int64_t out, int bias) { t_linear_g(N, in, out, bias, 0, 1); }
 
 static void t_heads(int64_t N, int H, int64_t a, int64_t bb, kn_heads_mode md)
 {
