@@ -345,16 +345,21 @@ static int run_sched(eng_engine_t *e, sch_t *s, bjob *jobs, int n, int limit_chu
 
 /* One stream through a whole window once: every key length the timed runs meet has its attention
  * plan before them (the backend builds one per shape on first use). */
-static int warm_window(eng_engine_t *e)
+/* n streams together through a whole window (n = 1: one stream), so the attention plans of every
+ * key length (cuDNN builds one per shape and batch size on first use) exist before a timing. */
+static int warm_window(eng_engine_t *e, int n)
 {
     const eng_config *c = eng_get_config(e);
-    eng_stream_t *s = NULL;
-    if (eng_stream_open(e, 4999, "warm", &s) != ENG_OK)
-        return -1;
-    int ok = 1;
+    eng_stream_t *st[64];
+    int ok = 1, opened = 0;
+    for (; opened < n && ok; opened++)
+        ok = eng_stream_open(e, 4999 - (uint64_t)opened, "warm", &st[opened]) == ENG_OK;
+    if (!ok)
+        opened--;
     for (int i = 0; i < c->window / c->chunk_frames + 1 && ok; i++)
-        ok = eng_generate_chunk(e, &s, 1) == ENG_OK;
-    eng_stream_close(s);
+        ok = eng_generate_chunk(e, st, opened) == ENG_OK;
+    for (int i = 0; i < opened; i++)
+        eng_stream_close(st[i]);
     return ok ? 0 : -1;
 }
 
@@ -446,7 +451,7 @@ static void base_sched(eng_engine_t *e, sch_config *sc)
 static int throughput(const sargs *a, kn_backend_t *be, eng_engine_t *e, const char *layout)
 {
     int chunks = a->chunks ? (int)a->chunks : 3;
-    if (warm_window(e)) {
+    if (warm_window(e, 1)) {
         fprintf(stderr, "vmla-bench serve: warm-up: %s\n", eng_error(e));
         return -1;
     }
@@ -456,7 +461,9 @@ static int throughput(const sargs *a, kn_backend_t *be, eng_engine_t *e, const c
             int single = m == 1;
             if ((single && !a->single) || (!single && !a->batched))
                 continue;
-            if (warm(e, n, single)) {
+            /* batched: the batch sizes this run meets (runs of at most 8 streams of one key
+             * length, kernels/cuda) through every key length first */
+            if ((!single && n > 1 && warm_window(e, n < 8 ? n : 8)) || warm(e, n, single)) {
                 fprintf(stderr, "vmla-bench serve: warm-up: %s\n", eng_error(e));
                 return -1;
             }

@@ -11,7 +11,7 @@
 #include "engine/tokenizer.h"
 #include "engine/weights.h"
 
-#define ENG_MAX_BATCH 64
+#define ENG_MAX_BATCH ENG_FWD_MAX
 
 struct eng_stream {
     eng_engine_t *e;

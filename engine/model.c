@@ -257,18 +257,20 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         TRY(kn_rmsnorm_rope(be, by_heads(k, H), k, B->norm_k, c->eps, H, &rope));
         TRY(linear(m, v, xn, &B->v));
         kn_tensor att = kn_rows(m->att, 0, Nt);
+        kn_kv kvs[ENG_FWD_MAX];
         for (int b = 0; b < n; b++) {
-            kn_tensor qb = kn_rows(q, (int64_t)b * N, N), kb = kn_rows(k, (int64_t)b * N, N);
             kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
             kv.kv_heads = H;
             kv.dk = kv.dv = dh;
             kv.k_off = 0;
             kv.v_off = D;
             int64_t t0 = kv_stream_context_tokens(it[b].cache);
-            TRY(kn_kv_store(be, &kv, t0, 0, kb));
+            TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(k, (int64_t)b * N, N)));
             TRY(kn_kv_store(be, &kv, t0, D, kn_rows(v, (int64_t)b * N, N)));
-            TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), qb, &kv, H, 1.0f / sqrtf((float)dh)));
+            kvs[b] = kv;
         }
+        /* every stream over its own pages, one call (a backend batches what it can) */
+        TRY(kn_attention_batch(be, att, q, kvs, n, H, 1.0f / sqrtf((float)dh)));
         return linear(m, out, att, &B->o);
     }
     int dc = c->d_c, dr = c->d_r;
@@ -299,6 +301,8 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     TRY(linear(m, kr, xn, &B->k_rope));
     TRY(kn_rmsnorm_rope(be, kr, kr, B->norm_k_rope, c->eps, 1, &rope));
     kn_tensor att = kn_cols(kn_rows(m->att, 0, Nt), 0, (int64_t)H * dh);
+    kn_kv kvs[ENG_FWD_MAX];
+    float scale = 1.0f / sqrtf((float)(dh + dr));
     for (int b = 0; b < n; b++) {
         kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
         kv.kv_heads = 1;
@@ -310,9 +314,8 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(ckv, (int64_t)b * N, N)));
         TRY(kn_kv_store(be, &kv, t0, dc, kn_rows(kr, (int64_t)b * N, N)));
         kn_tensor qb = kn_rows(qa, (int64_t)b * N, N);
-        float scale = 1.0f / sqrtf((float)(dh + dr));
-        if (!m->mla_rebuild) { /* multi-query attention in the latent, then v_up per head */
-            TRY(kn_attention(be, kn_rows(olat, (int64_t)b * N, N), qb, &kv, H, scale));
+        if (!m->mla_rebuild) { /* multi-query attention in the latent (below), then v_up per head */
+            kvs[b] = kv;
             continue;
         }
         /* rebuild: gather the window's latent rows (one kn_kv_load over its pages), then every
@@ -326,8 +329,10 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         kn_kv rk = rows_kv(kvr, H, dh + dr, dh, kw_cols);
         TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), qb, &rk, H, scale));
     }
-    if (!m->mla_rebuild)
+    if (!m->mla_rebuild) {
+        TRY(kn_attention_batch(be, olat, qa, kvs, n, H, scale));
         TRY(kn_matmul_heads(be, att, olat, B->v_up, H, KN_HEADS_XWT)); /* [Nt, H*dh] */
+    }
     return linear(m, out, att, &B->o);
 }
 
@@ -350,8 +355,8 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
         return KN_ERR_ARG; /* the engine checks the batch size before calling */
 
     /* timestep: e = time_embedding(sinusoid(t)), e0 = time_projection(silu(e)) per stream */
-    float ts[64];
-    if (n > 64)
+    float ts[ENG_FWD_MAX];
+    if (n > ENG_FWD_MAX)
         return KN_ERR_ARG;
     for (int b = 0; b < n; b++)
         ts[b] = it[b].t;
@@ -375,7 +380,7 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
     TRY(linear(m, x, tok, &w->patch));
     trace(m, "patch", kn_rows(x, 0, N));
     /* the RoPE angles of every stream's tokens, once for all layers */
-    int f0[64];
+    int f0[ENG_FWD_MAX];
     for (int b = 0; b < n; b++)
         f0[b] = it[b].f0;
     TRY(kn_rope3d_table(be, kn_rows(m->rope, 0, Nt), f0, n, m->F, m->h / 2, m->wd / 2, c->rope_theta));
@@ -401,11 +406,10 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
         TRY(kn_layernorm(be, xn, x, &B->norm3_w, &B->norm3_b, c->eps));
         TRY(linear(m, q, xn, &B->cq));
         TRY(kn_rmsnorm(be, q, q, B->cnorm_q, c->eps));
-        for (int b = 0; b < n; b++) {
-            kn_kv kv = ctx_kv_source(m, it[b].ctx_kv, l);
-            TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), kn_rows(q, (int64_t)b * N, N), &kv,
-                             c->heads, 1.0f / sqrtf((float)(D / c->heads))));
-        }
+        kn_kv kvs[ENG_FWD_MAX];
+        for (int b = 0; b < n; b++)
+            kvs[b] = ctx_kv_source(m, it[b].ctx_kv, l);
+        TRY(kn_attention_batch(be, att, q, kvs, n, c->heads, 1.0f / sqrtf((float)(D / c->heads))));
         TRY(linear(m, y, att, &B->co));
         TRY(kn_gate_add(be, x, y, NULL));
         /* x += FFN(LN(x) * (1 + scale2) + shift2) * gate2 */

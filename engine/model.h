@@ -57,6 +57,9 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
                    size_t errlen);
 void eng_model_free(eng_model *m);
 
+/* The most streams one forward takes (engine.h: max_batch is at most this). */
+#define ENG_FWD_MAX 64
+
 /* One forward for n streams. Writes each chunk's keys/values (or latents) into its pages.
  * cache_only: every item is a cache pass, so the head is skipped. */
 kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cache_only);

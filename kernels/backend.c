@@ -215,12 +215,17 @@ static int contiguous(kn_tensor t) { return t.ld == t.cols || t.rows <= 1; }
         if (!(cond))                                                                              \
             return kn_fail(be, KN_ERR_ARG, __VA_ARGS__);                                          \
     } while (0)
-#define CALL(op, ...)                                                                             \
+/* kn_backend_inject_fault: this op is the one that fails */
+#define INJECT(op)                                                                                \
     do {                                                                                          \
         if (be->fault_countdown > 0 && --be->fault_countdown == 0) {                              \
             be->fault_countdown = be->fault_sticky ? 1 : 0;                                       \
             return kn_fail(be, KN_ERR_DEVICE, "%s: " #op ": injected fault", be->ops->name);      \
         }                                                                                         \
+    } while (0)
+#define CALL(op, ...)                                                                             \
+    do {                                                                                          \
+        INJECT(op);                                                                               \
         if (!be->ops->op)                                                                         \
             return kn_fail(be, KN_ERR_UNSUPPORTED, "%s: op " #op " not supported", be->ops->name); \
         return be->ops->op(be, __VA_ARGS__);                                                      \
@@ -514,8 +519,7 @@ static int kv_ok(const kn_kv *kv, int64_t extra_cols)
            last <= (kv->buf->size - kv->off) / kn_dtype_size(kv->dtype);
 }
 
-kn_status kn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
-                       float scale)
+static kn_status attention_args(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads)
 {
     VIEW(out, "attention out");
     VIEW(q, "attention q");
@@ -527,7 +531,42 @@ kn_status kn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
           "attention: q [%lld,%lld] out [%lld,%lld] for %d heads dk %d dv %d", (long long)q.rows,
           (long long)q.cols, (long long)out.rows, (long long)out.cols, q_heads, kv->dk, kv->dv);
     CHECK(kv->n_tokens > 0, "attention: no keys");
+    return KN_OK;
+}
+
+kn_status kn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
+                       float scale)
+{
+    kn_status st = attention_args(be, out, q, kv, q_heads);
+    if (st != KN_OK)
+        return st;
     CALL(attention, out, q, kv, q_heads, scale);
+}
+
+kn_status kn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int n, int q_heads,
+                             float scale)
+{
+    CHECK(kv && n > 0 && q.rows % n == 0 && out.rows == q.rows,
+          "attention_batch: %d sources for %lld query rows (%lld output rows)", n, (long long)q.rows,
+          (long long)out.rows);
+    int64_t r = q.rows / n;
+    for (int b = 0; b < n; b++) {
+        kn_status st = attention_args(be, kn_rows(out, b * r, r), kn_rows(q, b * r, r), &kv[b], q_heads);
+        if (st != KN_OK)
+            return st;
+        CHECK(kv[b].dtype == kv[0].dtype && kv[b].kv_heads == kv[0].kv_heads && kv[b].dk == kv[0].dk &&
+                  kv[b].dv == kv[0].dv,
+              "attention_batch: source %d differs from source 0 in dtype, heads or widths", b);
+    }
+    if (be->ops->attention_batch)
+        CALL(attention_batch, out, q, kv, n, q_heads, scale);
+    INJECT(attention_batch);
+    for (int b = 0; b < n; b++) {
+        kn_status st = be->ops->attention(be, kn_rows(out, b * r, r), kn_rows(q, b * r, r), &kv[b], q_heads, scale);
+        if (st != KN_OK)
+            return st;
+    }
+    return KN_OK;
 }
 
 /* Token rows tok0 .. tok0+t.rows-1 at columns col .. col+t.cols-1 of kv: listed and inside the buffer. */

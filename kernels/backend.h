@@ -202,6 +202,12 @@ kn_status kn_timestep_embed(kn_backend_t *be, kn_tensor y, const float *t, int n
  * tokens. q [Nq, Hq*dk]; query head h reads kv head h / (Hq / kv_heads). */
 kn_status kn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
                        float scale);
+/* Attention for a batch of streams: rows [b*r, (b+1)*r) of q and out (r = q.rows / n) attend over
+ * kv[b] alone, b = 0..n-1: the same results as n kn_attention calls. The sources must agree in
+ * dtype, heads and widths; each has its own buffer, pages and length. A backend may run streams
+ * whose sources match in length and layout as one batched call (the CUDA backend with cuDNN). */
+kn_status kn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int n, int q_heads,
+                             float scale);
 /* Store src [n, w] into token rows tok0 .. tok0+n-1 of kv at column offset col (converting to
  * the kv dtype); the pages of those tokens must be listed in kv->pages. */
 kn_status kn_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);

@@ -52,6 +52,9 @@ typedef struct kn_backend_ops {
     kn_status (*timestep_embed)(kn_backend_t *be, kn_tensor y, const float *t, int n);
     kn_status (*attention)(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
                            float scale);
+    /* optional (NULL: kn_attention_batch calls attention once a stream); arguments checked */
+    kn_status (*attention_batch)(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int n,
+                                 int q_heads, float scale);
     kn_status (*kv_store)(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
     kn_status (*kv_load)(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col);
     kn_status (*patchify)(kn_backend_t *be, kn_tensor tok, kn_tensor lat, int C, int nf, int h, int w);

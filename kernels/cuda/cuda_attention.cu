@@ -100,24 +100,34 @@ __device__ __forceinline__ int64_t kv_row(const kvdev &kv, int64_t t)
     return t * kv.row_stride;
 }
 
-/* ---- the KV store: src [n, w] into token rows tok0.. at column col ---------------------------- */
-__global__ void k_kv_store(kvdev kv, int64_t t0, int64_t col, dview src, int64_t rows, int64_t cols)
+/* ---- the KV store and load: token rows tok0.. of kv at column col, to or from t [n, w] ------------
+ * One kernel for both directions (LOAD: t = kv rows, else kv rows = t), converting dtypes; and a
+ * 16-byte move a thread for bf16 on both sides with everything a multiple of 8 elements and 16-byte
+ * aligned. */
+template <int LOAD>
+__global__ void k_kv_move(kvdev kv, int64_t t0, int64_t col, dview t, int64_t rows, int64_t cols)
 {
     for (int64_t r = (int64_t)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (int64_t)gridDim.y * blockDim.y) {
         int64_t e = kv_row(kv, t0 + r) + col;
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x)
-            st_el((char *)kv.base, kv.dt, e + c, dv_get(src, r, c));
+            if (LOAD)
+                dv_set(t, r, c, ld_el(kv.base, kv.dt, e + c));
+            else
+                st_el((char *)kv.base, kv.dt, e + c, dv_get(t, r, c));
     }
 }
 
-/* The same for bf16 into bf16 with everything a multiple of 8 elements and 16-byte aligned: a
- * 16-byte move per thread. */
-__global__ void k_kv_store_v8(kvdev kv, int64_t t0, int64_t col, dview src, int64_t rows, int64_t cols8)
+template <int LOAD>
+__global__ void k_kv_move_v8(kvdev kv, int64_t t0, int64_t col, dview t, int64_t rows, int64_t cols8)
 {
     const int64_t n = rows * cols8;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = i / cols8, c = (i - r * cols8) * 8;
-        *(uint4 *)(kv.base + (kv_row(kv, t0 + r) + col + c) * 2) = *(const uint4 *)(src.p + (r * src.ld + c) * 2);
+        uint4 *pk = (uint4 *)(kv.base + (kv_row(kv, t0 + r) + col + c) * 2), *pt = (uint4 *)(t.p + (r * t.ld + c) * 2);
+        if (LOAD)
+            *pt = *pk;
+        else
+            *pk = *pt;
     }
 }
 
@@ -138,93 +148,57 @@ static kvdev kv_dev(const kn_kv *kv)
     return d;
 }
 
-kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src)
+static kn_status kv_move(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor t, int load)
 {
-    if (src.rows == 0 || src.cols == 0)
+    const char *name = load ? "kv_load" : "kv_store";
+    if (t.rows == 0 || t.cols == 0)
         return KN_OK;
     kvdev d = kv_dev(kv);
     int64_t t0 = tok0;
     kn_status st;
-    if (kv->pages) { /* only the pages these rows touch travel */
-        int64_t p0 = tok0 / kv->page_tokens, p1 = (tok0 + src.rows - 1) / kv->page_tokens;
+    if (kv->pages) { /* only the pages these rows span travel */
+        int64_t p0 = tok0 / kv->page_tokens, p1 = (tok0 + t.rows - 1) / kv->page_tokens;
         d.pages = cu_pages(be, kv->pages + p0, p1 - p0 + 1, &st);
         if (!d.pages)
             return st;
         t0 = tok0 - p0 * kv->page_tokens;
     }
-    dview sv = cu_view(src);
-    if (kv->dtype == KN_BF16 && src.dtype == KN_BF16 && src.cols % 8 == 0 && col % 8 == 0 && kv->row_stride % 8 == 0 &&
-        (!kv->pages || kv->page_stride % 8 == 0) && ((uintptr_t)d.base & 15u) == 0 && sv.ld % 8 == 0 &&
-        ((uintptr_t)sv.p & 15u) == 0) {
-        int64_t cols8 = src.cols / 8, n = src.rows * cols8, blocks = (n + 255) / 256;
+    dview tv = cu_view(t);
+    cudaStream_t s = cu_of(be)->stream;
+    if (kv->dtype == KN_BF16 && t.dtype == KN_BF16 && t.cols % 8 == 0 && col % 8 == 0 && kv->row_stride % 8 == 0 &&
+        (!kv->pages || kv->page_stride % 8 == 0) && ((uintptr_t)d.base & 15u) == 0 && tv.ld % 8 == 0 &&
+        ((uintptr_t)tv.p & 15u) == 0) {
+        int64_t cols8 = t.cols / 8, n = t.rows * cols8, blocks = (n + 255) / 256;
         if (blocks > 132 * 32)
             blocks = 132 * 32;
-        k_kv_store_v8<<<(unsigned)blocks, 256, 0, cu_of(be)->stream>>>(d, t0, col, sv, src.rows, cols8);
-        return cu_launched(be, "kv_store");
+        if (load)
+            k_kv_move_v8<1><<<(unsigned)blocks, 256, 0, s>>>(d, t0, col, tv, t.rows, cols8);
+        else
+            k_kv_move_v8<0><<<(unsigned)blocks, 256, 0, s>>>(d, t0, col, tv, t.rows, cols8);
+        return cu_launched(be, name);
     }
-    int bx = src.cols >= 256 ? 256 : (int)((src.cols + 31) / 32 * 32), by = 256 / bx;
-    int64_t gx = (src.cols + bx - 1) / bx, gy = (src.rows + by - 1) / by;
+    int bx = t.cols >= 256 ? 256 : (int)((t.cols + 31) / 32 * 32), by = 256 / bx;
+    int64_t gx = (t.cols + bx - 1) / bx, gy = (t.rows + by - 1) / by;
     if (gx > 4096)
         gx = 4096;
     if (gy > 65535)
         gy = 65535;
-    k_kv_store<<<dim3((unsigned)gx, (unsigned)gy), dim3(bx, by), 0, cu_of(be)->stream>>>(d, t0, col, cu_view(src),
-                                                                                         src.rows, src.cols);
-    return cu_launched(be, "kv_store");
+    dim3 g((unsigned)gx, (unsigned)gy), th(bx, by);
+    if (load)
+        k_kv_move<1><<<g, th, 0, s>>>(d, t0, col, tv, t.rows, t.cols);
+    else
+        k_kv_move<0><<<g, th, 0, s>>>(d, t0, col, tv, t.rows, t.cols);
+    return cu_launched(be, name);
 }
 
-/* ---- the KV load: token rows tok0.. at column col into dst [n, w] (kn_kv_load) ------------------ */
-__global__ void k_kv_load(dview dst, kvdev kv, int64_t t0, int64_t col, int64_t rows, int64_t cols)
+kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src)
 {
-    for (int64_t r = (int64_t)blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += (int64_t)gridDim.y * blockDim.y) {
-        int64_t e = kv_row(kv, t0 + r) + col;
-        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x)
-            dv_set(dst, r, c, ld_el(kv.base, kv.dt, e + c));
-    }
-}
-
-__global__ void k_kv_load_v8(dview dst, kvdev kv, int64_t t0, int64_t col, int64_t rows, int64_t cols8)
-{
-    const int64_t n = rows * cols8;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t r = i / cols8, c = (i - r * cols8) * 8;
-        *(uint4 *)(dst.p + (r * dst.ld + c) * 2) = *(const uint4 *)(kv.base + (kv_row(kv, t0 + r) + col + c) * 2);
-    }
+    return kv_move(be, kv, tok0, col, src, 0);
 }
 
 kn_status cu_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col)
 {
-    if (dst.rows == 0 || dst.cols == 0)
-        return KN_OK;
-    kvdev d = kv_dev(kv);
-    int64_t t0 = tok0;
-    kn_status st;
-    if (kv->pages) { /* the pages these rows span */
-        int64_t p0 = tok0 / kv->page_tokens, p1 = (tok0 + dst.rows - 1) / kv->page_tokens;
-        d.pages = cu_pages(be, kv->pages + p0, p1 - p0 + 1, &st);
-        if (!d.pages)
-            return st;
-        t0 = tok0 - p0 * kv->page_tokens;
-    }
-    dview dv = cu_view(dst);
-    if (kv->dtype == KN_BF16 && dst.dtype == KN_BF16 && dst.cols % 8 == 0 && col % 8 == 0 && kv->row_stride % 8 == 0 &&
-        (!kv->pages || kv->page_stride % 8 == 0) && ((uintptr_t)d.base & 15u) == 0 && dv.ld % 8 == 0 &&
-        ((uintptr_t)dv.p & 15u) == 0) {
-        int64_t cols8 = dst.cols / 8, n = dst.rows * cols8, blocks = (n + 255) / 256;
-        if (blocks > 132 * 32)
-            blocks = 132 * 32;
-        k_kv_load_v8<<<(unsigned)blocks, 256, 0, cu_of(be)->stream>>>(dv, d, t0, col, dst.rows, cols8);
-        return cu_launched(be, "kv_load");
-    }
-    int bx = dst.cols >= 256 ? 256 : (int)((dst.cols + 31) / 32 * 32), by = 256 / bx;
-    int64_t gx = (dst.cols + bx - 1) / bx, gy = (dst.rows + by - 1) / by;
-    if (gx > 4096)
-        gx = 4096;
-    if (gy > 65535)
-        gy = 65535;
-    k_kv_load<<<dim3((unsigned)gx, (unsigned)gy), dim3(bx, by), 0, cu_of(be)->stream>>>(dv, d, t0, col, dst.rows,
-                                                                                        dst.cols);
-    return cu_launched(be, "kv_load");
+    return kv_move(be, kv, tok0, col, dst, 1);
 }
 
 /* ---- the simple kernel --------------------------------------------------------------------------
@@ -793,4 +767,52 @@ kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
     k_attn_simple<<<grid, SIMPLE_THREADS, sm, c->stream>>>(ov, qv, d, q.rows, group, scale, bk);
     c->attn_last = "simple";
     return cu_launched(be, "attention");
+}
+
+/* ---- a batch of streams ------------------------------------------------------------------------ */
+
+/* Whether two sources can share one batched call: the same length, widths and layout (each keeps
+ * its own buffer and pages). */
+static int kv_batchable(const kn_kv *a, const kn_kv *b)
+{
+    return a->dtype == b->dtype && a->n_tokens == b->n_tokens && a->kv_heads == b->kv_heads && a->dk == b->dk &&
+           a->dv == b->dv && a->k_off == b->k_off && a->v_off == b->v_off && a->row_stride == b->row_stride &&
+           !a->pages == !b->pages && (!a->pages || (a->page_tokens == b->page_tokens && a->page_stride == b->page_stride));
+}
+
+/* The gathered windows of one batched call stay under this (at 480x832, per-head layout, a full
+ * window is ~230 MB a stream: batches of 4). */
+#define BATCH_GATHER_MAX ((size_t)1 << 30)
+
+kn_status cu_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int n, int q_heads,
+                             float scale)
+{
+    cu_impl *c = cu_of(be);
+    int64_t r = q.rows / n;
+    for (int i = 0; i < n;) {
+        /* the run of sources like kv[i], at most 8, cut to a power of two (few plan shapes) and to
+         * the gather limit */
+        int j = i + 1;
+        while (j < n && j - i < 8 && kv_batchable(&kv[i], &kv[j]))
+            j++;
+        int nb = 1;
+        while (nb * 2 <= j - i)
+            nb *= 2;
+        size_t row_b = (size_t)kv[i].row_stride * esz(kv[i].dtype);
+        while (nb > 1 && (size_t)nb * (size_t)kv[i].n_tokens * row_b > BATCH_GATHER_MAX)
+            nb /= 2;
+        kn_tensor ob = cu_rows(out, i * r, nb * r), qb = cu_rows(q, i * r, nb * r);
+        kn_status st = KN_ERR_UNSUPPORTED;
+        if (nb > 1 && c->dnn && c->attn_batch)
+            st = cu_dnn_attention_batch(be, ob, qb, kv + i, nb, q_heads, scale);
+        if (st == KN_ERR_UNSUPPORTED)
+            for (int b = 0; b < nb; b++)
+                if ((st = cu_attention(be, cu_rows(out, (i + b) * r, r), cu_rows(q, (i + b) * r, r), &kv[i + b],
+                                       q_heads, scale)) != KN_OK)
+                    return st;
+        if (st != KN_OK)
+            return st;
+        i += nb;
+    }
+    return KN_OK;
 }

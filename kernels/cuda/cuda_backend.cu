@@ -19,6 +19,9 @@
  * wraps every op for event timing (cuda_prof.cu; off until kn_cuda_profile_on).
  *     VMLA_CUDA_NO_LT=1
  * makes kn_linear add its bias by a broadcast and beta = 1 instead of cublasLt's bias epilogue.
+ *     VMLA_CUDA_ATTN_BATCH=0, VMLA_CUDA_NORM_WARP=0
+ * turn off the batched cuDNN attention (one call a stream) and the warp-a-row norms (a block a
+ * row): the paths they replaced, for comparisons in one run.
  *
  * Every op accepts any mix of f32/bf16/f16 views (loads and stores convert); matrix products
  * convert mismatched operands into scratch first. All ops are asynchronous on the backend's one
@@ -721,12 +724,158 @@ __global__ void k_norm_v8(dview y, dview x, dview w, dview b, int has_w, int has
     st8(y.p + (r * y.ld + c) * 2, o);
 }
 
-/* Whether a norm over these views can take the one-pass kernel; its block size then. */
-static int norm_v8_threads(dview y, dview x, int64_t cols)
+/* Eight values at element i of a vector or matrix of any dtype: one or two 16-byte loads where the
+ * address allows (bf16, f32), else one at a time. */
+__device__ __forceinline__ void ld8_any(const char *p, int dt, int64_t i, float *f)
 {
-    if (cols % 8 || cols / 8 > 1024 || !bf16_vec_ok(y) || !bf16_vec_ok(x))
-        return 0;
-    return (int)((cols / 8 + 31) / 32 * 32);
+    if (dt == KN_BF16 && ((uintptr_t)(p + i * 2) & 15u) == 0) {
+        ld8(p + i * 2, f);
+        return;
+    }
+    if (dt == KN_F32 && ((uintptr_t)(p + i * 4) & 15u) == 0) {
+        float4 a = *(const float4 *)(p + i * 4), b = *(const float4 *)(p + i * 4 + 16);
+        f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        f[k] = ld_el(p, dt, i + k);
+}
+
+__device__ __forceinline__ float warp_sumf(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* The same four norms with one warp a row (rows of at most 32*NV vectors of 8): no shared memory and
+ * no block barrier, NV independent 16-byte loads in flight a lane, 8 rows a block. The block-per-row
+ * kernel above keeps its statistics in double (as the reference), and at [4680, 1536] the fp64
+ * arithmetic and conversions, not the bytes, set its time: 26 us for LayerNorm + modulate where the
+ * bytes take ~9 (measured: a warp a row with double statistics ran no faster). Here the statistics
+ * are fp32 (the row's sum, then the centred squares from registers: no cancellation), which for
+ * bf16 rows of a few thousand values is far inside the bf16 rounding of the output. */
+template <int MODE, int NV>
+__global__ void k_norm_w(dview y, dview x, dview w, dview b, int has_w, int has_b, float eps, int64_t rows,
+                         int64_t cols, norm_extra e)
+{
+    const int LN = MODE == NM_LN || MODE == NM_LN_MOD;
+    const int lane = threadIdx.x & 31;
+    const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, c8 = cols / 8;
+    if (r >= rows)
+        return; /* the whole warp */
+    float v[NV][8];
+    float s = 0;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        int64_t q = (int64_t)j * 32 + lane;
+        if (q < c8) {
+            ld8(x.p + (r * x.ld + q * 8) * 2, v[j]);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                s += LN ? v[j][k] : v[j][k] * v[j][k];
+        }
+    }
+    s = warp_sumf(s);
+    float mean = 0, inv;
+    if (LN) { /* two passes over the registers: the variance of centred values, no cancellation */
+        mean = s / (float)cols;
+        float ss = 0;
+#pragma unroll
+        for (int j = 0; j < NV; j++)
+            if ((int64_t)j * 32 + lane < c8)
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    float d = v[j][k] - mean;
+                    ss += d * d;
+                }
+        inv = rsqrtf(warp_sumf(ss) / (float)cols + eps);
+    } else {
+        inv = rsqrtf(s / (float)cols + eps);
+    }
+    const int64_t g = MODE == NM_LN_MOD ? r / e.rpg : 0;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        int64_t q = (int64_t)j * 32 + lane, c = q * 8;
+        if (q >= c8)
+            continue;
+        float o[8], wv[8], bv[8];
+        if (has_w)
+            ld8_any(w.p, w.dt, c, wv);
+        if (has_b)
+            ld8_any(b.p, b.dt, c, bv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float t;
+            if (LN) {
+                t = (v[j][k] - mean) * inv;
+                if (has_w)
+                    t *= wv[k];
+                if (has_b)
+                    t += bv[k];
+            } else {
+                t = v[j][k] * inv * wv[k];
+            }
+            o[k] = t;
+        }
+        if (MODE == NM_LN_MOD) {
+            float sc[8], sh[8];
+            ld8_any(e.sc.p, e.sc.dt, g * e.sc.ld + c, sc);
+            ld8_any(e.sh.p, e.sh.dt, g * e.sh.ld + c, sh);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                o[k] = o[k] * (1.0f + sc[k]) + sh[k];
+        }
+        if (MODE == NM_RMS_ROPE) {
+            int64_t hd = c / e.d, cc = c - hd * e.d;
+            if (e.tab.p) {
+                const float4 *cs = (const float4 *)(e.tab.p + (r * e.tab.ld + cc) * 4);
+                float4 t01 = cs[0], t23 = cs[1];
+                float2 t[4] = {make_float2(t01.x, t01.y), make_float2(t01.z, t01.w), make_float2(t23.x, t23.y),
+                               make_float2(t23.z, t23.w)};
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    float a = o[2 * k], bb = o[2 * k + 1];
+                    o[2 * k] = a * t[k].x - bb * t[k].y;
+                    o[2 * k + 1] = a * t[k].y + bb * t[k].x;
+                }
+            }
+            st8(y.p + ((r * (cols / e.d) + hd) * y.ld + cc) * 2, o);
+        } else {
+            st8(y.p + (r * y.ld + c) * 2, o);
+        }
+    }
+}
+
+/* Whether a norm over these views can take a one-pass kernel (bf16, 16-byte aligned rows, a
+ * multiple of 8 columns, at most 8192). */
+static int norm_v8_ok(dview y, dview x, int64_t cols)
+{
+    return cols % 8 == 0 && cols / 8 <= 1024 && bf16_vec_ok(y) && bf16_vec_ok(x);
+}
+
+/* Launch the one-pass norm: a warp a row up to 2048 columns (unless VMLA_CUDA_NORM_WARP=0), else a
+ * block a row. */
+template <int MODE>
+static kn_status norm_v8_launch(kn_backend_t *be, dview y, dview x, dview w, dview b, int has_w, int has_b,
+                                float eps, int64_t rows, int64_t cols, norm_extra e, const char *name)
+{
+    cudaStream_t st = cu_of(be)->stream;
+    int64_t c8 = cols / 8;
+    unsigned g = (unsigned)((rows + 7) / 8); /* rows < 2^31 by construction */
+    if (!cu_of(be)->norm_warp || c8 > 256)
+        k_norm_v8<MODE><<<grid_rows(rows), (unsigned)((c8 + 31) / 32 * 32), 0, st>>>(y, x, w, b, has_w, has_b, eps,
+                                                                                      cols, e);
+    else if (c8 <= 64)
+        k_norm_w<MODE, 2><<<g, 256, 0, st>>>(y, x, w, b, has_w, has_b, eps, rows, cols, e);
+    else if (c8 <= 128)
+        k_norm_w<MODE, 4><<<g, 256, 0, st>>>(y, x, w, b, has_w, has_b, eps, rows, cols, e);
+    else if (c8 <= 192)
+        k_norm_w<MODE, 6><<<g, 256, 0, st>>>(y, x, w, b, has_w, has_b, eps, rows, cols, e);
+    else
+        k_norm_w<MODE, 8><<<g, 256, 0, st>>>(y, x, w, b, has_w, has_b, eps, rows, cols, e);
+    return cu_launched(be, name);
 }
 
 static kn_status cu_layernorm(kn_backend_t *be, kn_tensor y, kn_tensor x, const kn_tensor *w, const kn_tensor *b,
@@ -734,13 +883,11 @@ static kn_status cu_layernorm(kn_backend_t *be, kn_tensor y, kn_tensor x, const 
 {
     if (x.rows == 0 || x.cols == 0)
         return KN_OK;
-    int nt = norm_v8_threads(cu_view(y), cu_view(x), x.cols);
-    if (nt) {
+    if (norm_v8_ok(cu_view(y), cu_view(x), x.cols)) {
         norm_extra ne = {};
-        k_norm_v8<NM_LN><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(
-            cu_view(y), cu_view(x), w ? cu_view(*w) : no_view(), b ? cu_view(*b) : no_view(), w != NULL, b != NULL,
-            eps, x.cols, ne);
-        return cu_launched(be, "layernorm");
+        return norm_v8_launch<NM_LN>(be, cu_view(y), cu_view(x), w ? cu_view(*w) : no_view(),
+                                     b ? cu_view(*b) : no_view(), w != NULL, b != NULL, eps, x.rows, x.cols, ne,
+                                     "layernorm");
     }
     k_layernorm<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(
         cu_view(y), cu_view(x), w ? cu_view(*w) : no_view(), b ? cu_view(*b) : no_view(), w != NULL, b != NULL, eps,
@@ -752,12 +899,10 @@ static kn_status cu_rmsnorm(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_tenso
 {
     if (x.rows == 0 || x.cols == 0)
         return KN_OK;
-    int nt = norm_v8_threads(cu_view(y), cu_view(x), x.cols);
-    if (nt) {
+    if (norm_v8_ok(cu_view(y), cu_view(x), x.cols)) {
         norm_extra ne = {};
-        k_norm_v8<NM_RMS><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w),
-                                                                             no_view(), 1, 0, eps, x.cols, ne);
-        return cu_launched(be, "rmsnorm");
+        return norm_v8_launch<NM_RMS>(be, cu_view(y), cu_view(x), cu_view(w), no_view(), 1, 0, eps, x.rows, x.cols,
+                                      ne, "rmsnorm");
     }
     k_rmsnorm<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w), eps, x.cols);
     return cu_launched(be, "rmsnorm");
@@ -770,8 +915,7 @@ static kn_status cu_layernorm_modulate(kn_backend_t *be, kn_tensor y, kn_tensor 
 {
     if (x.rows == 0 || x.cols == 0)
         return KN_OK;
-    int nt = norm_v8_threads(cu_view(y), cu_view(x), x.cols);
-    if (!nt) { /* two passes */
+    if (!norm_v8_ok(cu_view(y), cu_view(x), x.cols)) { /* two passes */
         kn_status st = cu_layernorm(be, y, x, NULL, NULL, eps);
         return st != KN_OK ? st : cu_modulate(be, y, y, shift, scale);
     }
@@ -779,9 +923,8 @@ static kn_status cu_layernorm_modulate(kn_backend_t *be, kn_tensor y, kn_tensor 
     ne.sh = cu_view(shift);
     ne.sc = cu_view(scale);
     ne.rpg = x.rows / shift.rows;
-    k_norm_v8<NM_LN_MOD><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), no_view(), no_view(),
-                                                                            0, 0, eps, x.cols, ne);
-    return cu_launched(be, "layernorm_modulate");
+    return norm_v8_launch<NM_LN_MOD>(be, cu_view(y), cu_view(x), no_view(), no_view(), 0, 0, eps, x.rows, x.cols, ne,
+                                     "layernorm_modulate");
 }
 
 /* ---- 3D RoPE from a table (kn_rope3d_table, kn_rmsnorm_rope) ----------------------------------- */
@@ -865,16 +1008,13 @@ static kn_status cu_rmsnorm_rope(kn_backend_t *be, kn_tensor y, kn_tensor x, kn_
         return KN_OK;
     int d = (int)y.cols;
     dview tv = table ? cu_view(*table) : no_view();
-    int nt = d % 8 == 0 && (!table || (tv.ld % 2 == 0 && ((uintptr_t)tv.p & 7u) == 0))
-                 ? norm_v8_threads(cu_view(y), cu_view(x), x.cols)
-                 : 0;
-    if (nt) {
+    if (d % 8 == 0 && (!table || (tv.ld % 4 == 0 && ((uintptr_t)tv.p & 15u) == 0)) &&
+        norm_v8_ok(cu_view(y), cu_view(x), x.cols)) {
         norm_extra ne = {};
         ne.tab = tv;
         ne.d = d;
-        k_norm_v8<NM_RMS_ROPE><<<grid_rows(x.rows), nt, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w),
-                                                                                  no_view(), 1, 0, eps, x.cols, ne);
-        return cu_launched(be, "rmsnorm_rope");
+        return norm_v8_launch<NM_RMS_ROPE>(be, cu_view(y), cu_view(x), cu_view(w), no_view(), 1, 0, eps, x.rows,
+                                           x.cols, ne, "rmsnorm_rope");
     }
     (void)heads;
     k_rms_heads<<<grid_rows(x.rows), NORM_THREADS, 0, cu_of(be)->stream>>>(cu_view(y), cu_view(x), cu_view(w), tv,
@@ -1342,6 +1482,7 @@ static const kn_backend_ops cu_ops_template = {
     cu_rmsnorm_rope,
     cu_timestep_embed,
     cu_attention,
+    cu_attention_batch,
     cu_kv_store,
     cu_kv_load,
     cu_patchify,
@@ -1353,6 +1494,13 @@ static const kn_backend_ops cu_ops_template = {
     cu_buffer_copy,
     cu_mem_info,
 };
+
+/* Whether an environment variable is set to "0" (a default-on path turned off). */
+static int env_off(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "0");
+}
 
 #define RING0 (1u << 16) /* page indices in the staging ring at start */
 #define BLAS_WS (32u << 20)
@@ -1415,6 +1563,8 @@ extern "C" kn_backend_t *kn_cuda_backend_new(int device, char *err, size_t errle
         c->lt = NULL; /* optional: kn_linear falls back to broadcast + GEMM */
     if (getenv("VMLA_CUDA_NO_LT"))
         c->lt = NULL;
+    c->attn_batch = !env_off("VMLA_CUDA_ATTN_BATCH");
+    c->norm_warp = !env_off("VMLA_CUDA_NORM_WARP");
     c->blas_ws_bytes = BLAS_WS;
     if ((e = cudaMalloc(&c->blas_ws, c->blas_ws_bytes)) != cudaSuccess) {
         what = "cudaMalloc (cuBLAS workspace)";

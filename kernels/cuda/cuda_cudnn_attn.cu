@@ -33,6 +33,12 @@
  * contiguous scratch, one pass over the window's bytes (mode GATHER: ~67 MB a call for the
  * per-head layout at 10920 keys, ~40 us at 3.5 TB/s against ~0.6 ms of attention).
  *
+ * A batch (kn_attention_batch, cu_dnn_attention_batch): up to 8 streams whose sources have the same
+ * length and layout are one call with a batch dimension: their windows gathered by one launch into
+ * one scratch [B, n, w], Q and O described in place (stream b's queries are rows b*nq..). One
+ * stream's chunk at a preview size fills less than one wave of the GPU's SMs and costs a host round
+ * of gather + execute; eight of them at once cost one (bench/RESULTS.md, fourth session).
+ *
  * Plans: an execution plan is built per shape (the key: every dim and stride, the form, the
  * mode) on first use, then cached (CACHE_N entries, oldest evicted): the hot path only fills a
  * variant pack (pointers) and calls cudnnBackendExecute. Building a plan takes tens to hundreds
@@ -75,7 +81,7 @@ typedef struct {
 enum { FORM_UNIFIED = 1, FORM_COMPOSITE = 2 };
 enum { MODE_GATHER = 1, MODE_PAGED = 2 };
 
-#define CACHE_N 64
+#define CACHE_N 128
 #define MAXDESC 96
 #define PACKS 32 /* variant packs kept per plan (one per set of pointers: layers, streams) */
 
@@ -86,6 +92,7 @@ typedef struct {
     int64_t dv, ldo;          /* O [1, hq, nq, dv], row stride ldo */
     int64_t hk, n, rs;        /* K/V: hk heads, n tokens, row stride rs */
     int64_t pt, np, nblk, ps; /* paged: page tokens, pages listed, pages in the container, page stride */
+    int64_t nb;               /* streams in the call (the batch dimension); 0 for a one-stream call */
 } dnn_key;
 
 typedef struct {
@@ -343,9 +350,11 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
     b.ndesc = &e->ndesc;
     b.st = CUDNN_STATUS_SUCCESS;
     cudnnDataType_t io = k->dt == KN_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
-    const int64_t hq = k->hq, nq = k->nq, hk = k->hk, n = k->n;
-    int64_t qd[4] = {1, hq, nq, k->dk}, qs[4] = {nq * k->ldq, k->dk, k->ldq, 1};
-    int64_t od[4] = {1, hq, nq, k->dv}, os[4] = {nq * k->ldo, k->dv, k->ldo, 1};
+    const int64_t hq = k->hq, nq = k->nq, hk = k->hk, n = k->n, B = k->nb > 1 ? k->nb : 1;
+    /* [batch, heads, tokens, d]: stream b's queries are rows b*nq.. of Q, its keys the b-th block of
+     * n rows of the gathered K and V */
+    int64_t qd[4] = {B, hq, nq, k->dk}, qs[4] = {nq * k->ldq, k->dk, k->ldq, 1};
+    int64_t od[4] = {B, hq, nq, k->dv}, os[4] = {nq * k->ldo, k->dv, k->ldo, 1};
     int64_t one[4] = {1, 1, 1, 1};
     cudnnBackendDescriptor_t Q = b_tensor(&b, UID_Q, io, qd, qs, false, false, 16);
     cudnnBackendDescriptor_t O = b_tensor(&b, UID_O, io, od, os, false, false, 16);
@@ -366,8 +375,8 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
             SQ = b_tensor(&b, UID_SEQQ, i32, one, one, false, false, 16);
             SKV = b_tensor(&b, UID_SEQKV, i32, one, one, false, false, 16);
         } else {
-            int64_t kd[4] = {1, hk, n, k->dk}, ks[4] = {n * k->rs, k->dk, k->rs, 1};
-            int64_t vd[4] = {1, hk, n, k->dv}, vs[4] = {n * k->rs, k->dv, k->rs, 1};
+            int64_t kd[4] = {B, hk, n, k->dk}, ks[4] = {n * k->rs, k->dk, k->rs, 1};
+            int64_t vd[4] = {B, hk, n, k->dv}, vs[4] = {n * k->rs, k->dv, k->rs, 1};
             K = b_tensor(&b, UID_K, io, kd, ks, false, false, 16);
             V = b_tensor(&b, UID_V, io, vd, vs, false, false, 16);
         }
@@ -403,10 +412,10 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
         /* composite: K enters transposed, KT [1, hk, dk, n]. Paged: KT and V are what two paged
          * loads make of the containers (virtual, packed), and a padding mask built from the
          * sequence lengths hides nothing but is what cuDNN's paged flash engines expect. */
-        int64_t kd[4] = {1, hk, k->dk, n}, ks[4] = {n * k->rs, k->dk, 1, k->rs};
-        int64_t vd[4] = {1, hk, n, k->dv}, vs[4] = {n * k->rs, k->dv, k->rs, 1};
-        int64_t sd[4] = {1, hq, nq, n}, ss[4] = {hq * nq * n, nq * n, n, 1};
-        int64_t rd[4] = {1, hq, nq, 1}, rss[4] = {hq * nq, nq, 1, 1};
+        int64_t kd[4] = {B, hk, k->dk, n}, ks[4] = {n * k->rs, k->dk, 1, k->rs};
+        int64_t vd[4] = {B, hk, n, k->dv}, vs[4] = {n * k->rs, k->dv, k->rs, 1};
+        int64_t sd[4] = {B, hq, nq, n}, ss[4] = {hq * nq * n, nq * n, n, 1};
+        int64_t rd[4] = {B, hq, nq, 1}, rss[4] = {hq * nq, nq, 1, 1};
         cudnnBackendDescriptor_t KT, V, SQ = NULL, SKV = NULL;
         if (k->paged) {
             int64_t cd[4] = {k->nblk, hk, k->pt, k->dk}, cs[4] = {k->ps, k->dk, k->rs, 1};
@@ -620,134 +629,99 @@ static void *grow(kn_backend_t *be, void **p, size_t *have, size_t need, const c
 
 static int al16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
+/* The gather of a batch: stream b's window to rows b*n .. of dst. bases[b] is the address of its
+ * token row 0, page 0, at the first gathered column; pages[b*np + p] its page p (a contiguous
+ * source: one page of n tokens, index 0). */
+__global__ void k_kv_gather_b(uint4 *dst, const unsigned long long *bases, const int32_t *pages, int64_t np,
+                              int64_t page_stride_b, int64_t row_stride_b, int pt, int64_t n, int vec, int nb)
+{
+    int64_t per = n * vec, total = per * nb;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t b = i / per, rem = i - b * per, t = rem / vec;
+        int c = (int)(rem - t * vec);
+        const char *src = (const char *)bases[b] + (int64_t)pages[b * np + t / pt] * page_stride_b +
+                          (t % pt) * row_stride_b + (int64_t)c * 16;
+        dst[i] = *(const uint4 *)src;
+    }
+}
+
 /* ---- the op ----------------------------------------------------------------------------------------- */
 
-kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads, float scale)
+/* What cuDNN's flash engines take: 16-bit I/O of one type, d a multiple of 8 up to 256, every stride
+ * a multiple of 8 elements (16 bytes), 16-byte aligned pointers. */
+static int dnn_takes(kn_tensor out, kn_tensor q, const kn_kv *kv)
 {
-    cu_impl *c = cu_of(be);
-    struct cu_dnn *d = c->dnn;
-    if (!d)
-        return KN_ERR_UNSUPPORTED;
-    const int hk = kv->kv_heads, dk = kv->dk, dv = kv->dv;
     const char *base = (const char *)kv->buf->ptr + kv->off;
-    /* what cuDNN's flash engines take: 16-bit I/O of one type, d a multiple of 8 up to 256, every
-     * stride a multiple of 8 elements (16 bytes), 16-byte aligned pointers */
-    if (q.rows == 0 || q.dtype != KN_BF16 || kv->dtype != KN_BF16 || out.dtype != KN_BF16 || dk % 8 || dv % 8 ||
-        dk > 256 || dv > 256 || q.ld % 8 || out.ld % 8 || kv->row_stride % 8 || kv->k_off % 8 || kv->v_off % 8 ||
-        (kv->pages && kv->page_stride % 8) || !al16((const char *)q.buf->ptr + q.off) ||
-        !al16((const char *)out.buf->ptr + out.off) || !al16(base) || kv->n_tokens < 1)
-        return KN_ERR_UNSUPPORTED;
+    return q.rows > 0 && q.dtype == KN_BF16 && kv->dtype == KN_BF16 && out.dtype == KN_BF16 && kv->dk % 8 == 0 &&
+           kv->dv % 8 == 0 && kv->dk <= 256 && kv->dv <= 256 && q.ld % 8 == 0 && out.ld % 8 == 0 &&
+           kv->row_stride % 8 == 0 && kv->k_off % 8 == 0 && kv->v_off % 8 == 0 &&
+           (!kv->pages || kv->page_stride % 8 == 0) && al16((const char *)q.buf->ptr + q.off) &&
+           al16((const char *)out.buf->ptr + out.off) && al16(base) && kv->n_tokens >= 1;
+}
+
+/* The call's key without the source part (and without the form). */
+static dnn_key dnn_key_of(kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads, int64_t nq)
+{
     dnn_key key;
     memset(&key, 0, sizeof key);
     key.dt = KN_BF16;
     key.hq = q_heads;
-    key.nq = q.rows;
-    key.dk = dk;
+    key.nq = nq;
+    key.dk = kv->dk;
     key.ldq = q.ld;
-    key.dv = dv;
+    key.dv = kv->dv;
     key.ldo = out.ld;
-    key.hk = hk;
+    key.hk = kv->kv_heads;
     key.n = kv->n_tokens;
-    kn_status st;
+    return key;
+}
+
+/* The plan for key: unified first (one SDPA node), composite when refused, or the form asked for. */
+static dnn_entry *dnn_plan(struct cu_dnn *d, dnn_key *key)
+{
+    int forms[2] = {FORM_UNIFIED, FORM_COMPOSITE}, nf = 2;
+    if (d->form_want) {
+        forms[0] = d->form_want;
+        nf = 1;
+    }
     dnn_entry *e = NULL;
-    const char *kp = NULL, *vp = NULL;
-    const int32_t *dpt = NULL, *dseq = NULL;
-    int paged = kv->pages && d->mode == MODE_PAGED;
-    if (paged) {
-        /* K and V as containers over the pool; the container spans the buffer from this layer's
-         * token row 0 of page 0 (every page that starts inside the buffer: the same count for
-         * every layer, so one plan serves all of them) */
-        size_t psb = (size_t)kv->page_stride * 2;
-        key.paged = 1;
-        key.rs = kv->row_stride;
-        key.pt = kv->page_tokens;
-        key.np = (kv->n_tokens + kv->page_tokens - 1) / kv->page_tokens;
-        key.ps = kv->page_stride;
-        key.nblk = (int64_t)((kv->buf->size - kv->off + psb - 1) / psb);
-        int forms[2] = {FORM_UNIFIED, FORM_COMPOSITE}, nf = 2;
-        if (d->form_want) {
-            forms[0] = d->form_want;
-            nf = 1;
-        }
-        for (int i = 0; i < nf && !e; i++) {
-            key.form = forms[i];
-            e = plan_for(d, &key);
-        }
-        if (e) {
-            kp = base + kv->k_off * 2;
-            vp = base + kv->v_off * 2;
-            /* page table and the two sequence lengths, in 16-byte aligned slots of the pinned ring */
-            c->ring_pos = (c->ring_pos + 3) & ~(size_t)3;
-            if (!(dpt = cu_pages(be, kv->pages, key.np, &st)))
-                return st;
-            int32_t seq[8] = {(int32_t)q.rows, 0, 0, 0, (int32_t)kv->n_tokens, 0, 0, 0};
-            c->ring_pos = (c->ring_pos + 3) & ~(size_t)3;
-            if (!(dseq = cu_pages(be, seq, 8, &st)))
-                return st;
-        } else {
-            paged = 0; /* no engine takes these pages: gather them */
-            key.paged = key.pt = key.np = key.ps = key.nblk = key.form = 0;
-        }
+    for (int i = 0; i < nf && !e; i++) {
+        key->form = forms[i];
+        e = plan_for(d, key);
     }
-    if (!paged) {
-        if (kv->pages) {
-            /* gather the span [lo, hi) of every token row into contiguous rows */
-            int64_t lo = kv->k_off < kv->v_off ? kv->k_off : kv->v_off;
-            int64_t hi1 = kv->k_off + (int64_t)hk * dk, hi2 = kv->v_off + (int64_t)hk * dv;
-            int64_t w = (hi1 > hi2 ? hi1 : hi2) - lo;
-            key.rs = w;
-        } else {
-            key.rs = kv->row_stride;
-        }
-        /* the form: unified first (one SDPA node), composite when refused */
-        int forms[2] = {FORM_UNIFIED, FORM_COMPOSITE}, nf = 2;
-        if (d->form_want) {
-            forms[0] = d->form_want;
-            nf = 1;
-        }
-        for (int i = 0; i < nf && !e; i++) {
-            key.form = forms[i];
-            e = plan_for(d, &key);
-        }
-        if (!e)
-            return KN_ERR_UNSUPPORTED;
-        if (kv->pages) {
-            int64_t lo = kv->k_off < kv->v_off ? kv->k_off : kv->v_off, w = key.rs;
-            size_t bytes = (size_t)kv->n_tokens * (size_t)w * 2;
-            char *g = (char *)grow(be, &d->gather, &d->gather_bytes, bytes, "cudnn: gather scratch", &st);
-            if (!g)
-                return st;
-            const int32_t *pg = cu_pages(be, kv->pages, (kv->n_tokens + kv->page_tokens - 1) / kv->page_tokens, &st);
-            if (!pg)
-                return st;
-            int vec = (int)(w / 8);
-            int64_t total = kv->n_tokens * vec, blocks = (total + 255) / 256;
-            if (blocks > 132 * 16)
-                blocks = 132 * 16;
-            k_kv_gather<<<(unsigned)blocks, 256, 0, c->stream>>>((uint4 *)g, base + lo * 2, pg, kv->page_stride * 2,
-                                                                 kv->row_stride * 2, kv->page_tokens, kv->n_tokens,
-                                                                 vec);
-            if ((st = cu_launched(be, "cudnn: kv gather")) != KN_OK)
-                return st;
-            kp = g + (kv->k_off - lo) * 2;
-            vp = g + (kv->v_off - lo) * 2;
-        } else {
-            kp = base + kv->k_off * 2;
-            vp = base + kv->v_off * 2;
-        }
-    }
+    return e;
+}
+
+/* The columns a gather copies: [lo, lo + w) of every token row, both the keys and the values. */
+static void kv_span(const kn_kv *kv, int64_t *lo, int64_t *w)
+{
+    int64_t l = kv->k_off < kv->v_off ? kv->k_off : kv->v_off;
+    int64_t hi1 = kv->k_off + (int64_t)kv->kv_heads * kv->dk, hi2 = kv->v_off + (int64_t)kv->kv_heads * kv->dv;
+    *lo = l;
+    *w = (hi1 > hi2 ? hi1 : hi2) - l;
+}
+
+/* Run plan e on these pointers: the variant pack (kept per plan and set of pointers: the same
+ * scratch, q and out views recur every layer, so the hot path is usually one lookup and
+ * cudnnBackendExecute; the scale lives in the entry, cuDNN reads it by value), then execute. A
+ * refusal at launch that is no device fault marks the shape unsupported (KN_ERR_UNSUPPORTED, our
+ * kernel runs it). */
+static kn_status dnn_run(kn_backend_t *be, dnn_entry *e, const dnn_key *key, int paged, const char *src_kind,
+                         kn_tensor out, kn_tensor q, const char *kp, const char *vp, const int32_t *dpt,
+                         const int32_t *dseq, float scale)
+{
+    cu_impl *c = cu_of(be);
+    struct cu_dnn *d = c->dnn;
+    kn_status st;
     void *ws = NULL;
     if (e->ws > 0 && !(ws = grow(be, &d->ws, &d->ws_bytes, (size_t)e->ws, "cudnn: workspace", &st)))
         return st;
-    /* the variant pack: the pointers of this call. A pack is kept per plan and set of pointers
-     * (the same scratch, q and out views recur every layer), so the hot path is usually one
-     * lookup and cudnnBackendExecute. The scale lives in the entry: cuDNN reads it by value. */
     e->sc = scale;
     e->neginf = -INFINITY;
     void *ptrs[11] = {(char *)q.buf->ptr + q.off, (void *)kp, (void *)vp, (char *)out.buf->ptr + out.off, &e->sc,
                       (void *)dpt, (void *)dpt, (void *)dseq, (void *)(dseq ? dseq + 4 : NULL), &e->neginf, ws};
     int64_t uids[10] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_PTK, UID_PTV, UID_SEQQ, UID_SEQKV, UID_NEGINF};
-    int64_t nu = paged ? (key.form == FORM_COMPOSITE ? 10 : 9) : 5;
+    int64_t nu = paged ? (key->form == FORM_COMPOSITE ? 10 : 9) : 5;
     cudnnBackendDescriptor_t vp_ = NULL;
     cudnnStatus_t s = CUDNN_STATUS_SUCCESS;
     int slot = -1;
@@ -794,15 +768,145 @@ kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const k
         if (getenv("VMLA_CUDNN_VERBOSE"))
             fprintf(stderr, "cudnn: %s\n", d->why);
         entry_free(d, e);
-        e->key = key;
+        e->key = *key;
         e->used = -1;
         d->plans_failed++;
         return KN_ERR_UNSUPPORTED;
     }
-    snprintf(d->last, sizeof d->last, "cudnn-%s-%s", key.form == FORM_UNIFIED ? "unified" : "composite",
-             paged ? "paged" : kv->pages ? "gather" : "direct");
+    snprintf(d->last, sizeof d->last, "cudnn-%s-%s", key->form == FORM_UNIFIED ? "unified" : "composite", src_kind);
     c->attn_last = d->last;
     return cu_launched(be, "cudnn: attention");
+}
+
+kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads, float scale)
+{
+    cu_impl *c = cu_of(be);
+    struct cu_dnn *d = c->dnn;
+    if (!d || !dnn_takes(out, q, kv))
+        return KN_ERR_UNSUPPORTED;
+    const char *base = (const char *)kv->buf->ptr + kv->off;
+    dnn_key key = dnn_key_of(out, q, kv, q_heads, q.rows);
+    kn_status st;
+    dnn_entry *e = NULL;
+    const char *kp = NULL, *vp = NULL;
+    const int32_t *dpt = NULL, *dseq = NULL;
+    int paged = kv->pages && d->mode == MODE_PAGED;
+    if (paged) {
+        /* K and V as containers over the pool; the container spans the buffer from this layer's
+         * token row 0 of page 0 (every page that starts inside the buffer: the same count for
+         * every layer, so one plan serves all of them) */
+        size_t psb = (size_t)kv->page_stride * 2;
+        key.paged = 1;
+        key.rs = kv->row_stride;
+        key.pt = kv->page_tokens;
+        key.np = (kv->n_tokens + kv->page_tokens - 1) / kv->page_tokens;
+        key.ps = kv->page_stride;
+        key.nblk = (int64_t)((kv->buf->size - kv->off + psb - 1) / psb);
+        e = dnn_plan(d, &key);
+        if (e) {
+            kp = base + kv->k_off * 2;
+            vp = base + kv->v_off * 2;
+            /* page table and the two sequence lengths, in 16-byte aligned slots of the pinned ring */
+            c->ring_pos = (c->ring_pos + 3) & ~(size_t)3;
+            if (!(dpt = cu_pages(be, kv->pages, key.np, &st)))
+                return st;
+            int32_t seq[8] = {(int32_t)q.rows, 0, 0, 0, (int32_t)kv->n_tokens, 0, 0, 0};
+            c->ring_pos = (c->ring_pos + 3) & ~(size_t)3;
+            if (!(dseq = cu_pages(be, seq, 8, &st)))
+                return st;
+        } else {
+            paged = 0; /* no engine takes these pages: gather them */
+            key.paged = key.pt = key.np = key.ps = key.nblk = key.form = 0;
+        }
+    }
+    if (!paged) {
+        int64_t lo = 0, w = kv->row_stride;
+        if (kv->pages) /* gathered: the span of keys and values only */
+            kv_span(kv, &lo, &w);
+        key.rs = w;
+        if (!(e = dnn_plan(d, &key)))
+            return KN_ERR_UNSUPPORTED;
+        if (kv->pages) {
+            size_t bytes = (size_t)kv->n_tokens * (size_t)w * 2;
+            char *g = (char *)grow(be, &d->gather, &d->gather_bytes, bytes, "cudnn: gather scratch", &st);
+            if (!g)
+                return st;
+            const int32_t *pg = cu_pages(be, kv->pages, (kv->n_tokens + kv->page_tokens - 1) / kv->page_tokens, &st);
+            if (!pg)
+                return st;
+            int vec = (int)(w / 8);
+            int64_t total = kv->n_tokens * vec, blocks = (total + 255) / 256;
+            if (blocks > 132 * 16)
+                blocks = 132 * 16;
+            k_kv_gather<<<(unsigned)blocks, 256, 0, c->stream>>>((uint4 *)g, base + lo * 2, pg, kv->page_stride * 2,
+                                                                 kv->row_stride * 2, kv->page_tokens, kv->n_tokens,
+                                                                 vec);
+            if ((st = cu_launched(be, "cudnn: kv gather")) != KN_OK)
+                return st;
+            kp = g + (kv->k_off - lo) * 2;
+            vp = g + (kv->v_off - lo) * 2;
+        } else {
+            kp = base + kv->k_off * 2;
+            vp = base + kv->v_off * 2;
+        }
+    }
+    return dnn_run(be, e, &key, paged, paged ? "paged" : kv->pages ? "gather" : "direct", out, q, kp, vp, dpt, dseq,
+                   scale);
+}
+
+kn_status cu_dnn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int nb,
+                                 int q_heads, float scale)
+{
+    cu_impl *c = cu_of(be);
+    struct cu_dnn *d = c->dnn;
+    if (!d || nb < 2 || q.rows % nb)
+        return KN_ERR_UNSUPPORTED;
+    int64_t r = q.rows / nb;
+    for (int b = 0; b < nb; b++)
+        if (!dnn_takes(cu_rows(out, b * r, r), cu_rows(q, b * r, r), &kv[b]))
+            return KN_ERR_UNSUPPORTED;
+    dnn_key key = dnn_key_of(out, q, kv, q_heads, r);
+    int64_t lo, w, n = kv->n_tokens;
+    kv_span(kv, &lo, &w);
+    key.rs = w;
+    key.nb = nb;
+    dnn_entry *e = dnn_plan(d, &key);
+    if (!e)
+        return KN_ERR_UNSUPPORTED;
+    kn_status st;
+    char *g = (char *)grow(be, &d->gather, &d->gather_bytes, (size_t)nb * (size_t)n * (size_t)w * 2,
+                           "cudnn: gather scratch", &st);
+    if (!g)
+        return st;
+    /* every stream's base address (two int32 each) and page list, one trip through the ring */
+    int paged = kv->pages != NULL;
+    int64_t pt = paged ? kv->page_tokens : n, np = paged ? (n + pt - 1) / pt : 1;
+    int64_t cnt = 2 * (int64_t)nb + (int64_t)nb * np;
+    int32_t *h = (int32_t *)malloc((size_t)cnt * sizeof(int32_t));
+    if (!h)
+        return cu_fail(be, KN_ERR_NOMEM, "cudnn: batch of %d: out of host memory", nb);
+    for (int b = 0; b < nb; b++) {
+        unsigned long long a = (unsigned long long)(uintptr_t)((const char *)kv[b].buf->ptr + kv[b].off + lo * 2);
+        memcpy(h + 2 * b, &a, sizeof a);
+        for (int64_t p = 0; p < np; p++)
+            h[2 * nb + b * np + p] = paged ? kv[b].pages[p] : 0;
+    }
+    c->ring_pos = (c->ring_pos + 3) & ~(size_t)3; /* 16-byte aligned: the addresses are 8-byte words */
+    const int32_t *dev = cu_pages(be, h, cnt, &st);
+    free(h);
+    if (!dev)
+        return st;
+    int vec = (int)(w / 8);
+    int64_t total = (int64_t)nb * n * vec, blocks = (total + 255) / 256;
+    if (blocks > 132 * 16)
+        blocks = 132 * 16;
+    k_kv_gather_b<<<(unsigned)blocks, 256, 0, c->stream>>>((uint4 *)g, (const unsigned long long *)dev, dev + 2 * nb,
+                                                           np, paged ? kv->page_stride * 2 : 0, kv->row_stride * 2,
+                                                           (int)pt, n, vec, nb);
+    if ((st = cu_launched(be, "cudnn: kv gather (batch)")) != KN_OK)
+        return st;
+    return dnn_run(be, e, &key, 0, "batch", out, q, g + (kv->k_off - lo) * 2, g + (kv->v_off - lo) * 2, NULL, NULL,
+                   scale);
 }
 
 /* ---- open / close ----------------------------------------------------------------------------------- */
@@ -907,6 +1011,12 @@ void cu_dnn_info(const kn_backend_t *be, cu_dnn_stats *s)
 #else /* built without cuDNN's headers */
 
 kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads, float scale)
+{
+    return KN_ERR_UNSUPPORTED;
+}
+
+kn_status cu_dnn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int nb,
+                                 int q_heads, float scale)
 {
     return KN_ERR_UNSUPPORTED;
 }

@@ -38,6 +38,10 @@ typedef struct {
                            with synchronous tile loads (the first version, kept for comparison) */
     int smem_optin;     /* bytes of dynamic shared memory a block may opt in to */
     int attn_tc_ok;     /* the probe's answer: the tensor-core kernels may be used */
+    int attn_batch;     /* kn_attention_batch may batch streams into one cuDNN call (default 1;
+                           VMLA_CUDA_ATTN_BATCH=0: one call a stream, for comparison) */
+    int norm_warp;      /* norms of rows up to 2048 wide take a warp a row (default 1;
+                           VMLA_CUDA_NORM_WARP=0: a block a row, for comparison) */
     struct cu_dnn *dnn; /* cuDNN's fused attention (cuda_cudnn_attn.cu), or NULL: our kernels */
     const char *attn_last; /* which path the last kn_attention took (for tests and benchmarks) */
     struct cu_prof *prof;  /* per-op event timing (VMLA_CUDA_PROFILE=1), or NULL */
@@ -54,6 +58,14 @@ typedef struct {
 static inline size_t esz(int t) { return t == KN_F32 ? 4 : 2; }
 
 static inline cu_impl *cu_of(kn_backend_t *be) { return (cu_impl *)be->impl; }
+
+/* Rows r0 .. r0+n-1 of a view (kn_rows, likewise local). */
+static inline kn_tensor cu_rows(kn_tensor t, int64_t r0, int64_t n)
+{
+    t.off += (size_t)(r0 * t.ld) * esz(t.dtype);
+    t.rows = n;
+    return t;
+}
 
 /* Record a message on the backend (kernels/backend.c's kn_fail has C linkage we avoid depending on,
  * so that vmla_cuda needs nothing from vmla_kernels). Returns st. */
@@ -115,6 +127,10 @@ __device__ __forceinline__ void dv_set(dview v, int64_t r, int64_t c, float x) {
 int cu_attention_probe(kn_backend_t *be, int want_tc);
 kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
                        float scale);
+/* kn_attention_batch: runs of streams whose sources match in length and layout go to cuDNN as one
+ * batched call (in sizes of 8, 4, 2); the rest, and everything without cuDNN, one call a stream. */
+kn_status cu_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int n, int q_heads,
+                             float scale);
 kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
 kn_status cu_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col);
 
@@ -129,6 +145,12 @@ void cu_dnn_close(kn_backend_t *be);
  * shape or dtype, so the caller runs its own kernel. */
 kn_status cu_dnn_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int q_heads,
                            float scale);
+/* The same for nb streams at once (rows [b*r, (b+1)*r) of q and out over kv[b]): their windows
+ * gathered into one scratch with one launch, then one batched cuDNN call. The sources must match in
+ * length and layout (cu_attention_batch checks); KN_ERR_UNSUPPORTED (no message) when cuDNN does not
+ * take it. */
+kn_status cu_dnn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int nb,
+                                 int q_heads, float scale);
 typedef struct {
     long version;                   /* cudnnGetVersion(), 0 when not loaded */
     int plans_built, plans_failed;  /* shapes with a plan / shapes no engine took */

@@ -28,7 +28,7 @@ enum { PC_GEMM = 0, PC_ATTN, PC_OTHER, PC_COPY, PC_N };
     X(gate_add, PC_OTHER, 0) X(axpby, PC_OTHER, 0) X(gelu_tanh, PC_OTHER, 0) X(silu, PC_OTHER, 0)       \
     X(clamp, PC_OTHER, 0) X(row_affine, PC_OTHER, 0) X(copy, PC_OTHER, 0) X(rope3d, PC_OTHER, 0)        \
     X(rope3d_table, PC_OTHER, 0) X(rmsnorm_rope, PC_OTHER, 0) X(timestep_embed, PC_OTHER, 0)            \
-    X(attention, PC_ATTN, 0) X(kv_store, PC_OTHER, 0) X(kv_load, PC_OTHER, 0) X(patchify, PC_OTHER, 0)  \
+    X(attention, PC_ATTN, 0) X(attention_batch, PC_ATTN, 0) X(kv_store, PC_OTHER, 0) X(kv_load, PC_OTHER, 0) X(patchify, PC_OTHER, 0)  \
     X(unpatchify, PC_OTHER, 0) X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0)
 #define OP_ID(f, c, h) OP_##f,
 enum { OPS(OP_ID) OP_N };
@@ -146,6 +146,8 @@ int cu_prof_install(kn_backend_t *be)
     o->rmsnorm_rope = PW(rmsnorm_rope, 0);
     o->timestep_embed = PW(timestep_embed, 0);
     o->attention = PW(attention, 0);
+    if (o->attention_batch)
+        o->attention_batch = PW(attention_batch, 0);
     o->kv_store = PW(kv_store, 0);
     o->kv_load = PW(kv_load, 0);
     o->patchify = PW(patchify, 0);

@@ -592,6 +592,86 @@ static void t_attention(attn_case a)
     free(s.pages);
 }
 
+/* kn_attention_batch over nb streams, each with its own pool (pages shuffled) and length lens[b]:
+ * the GPU's batched call against the CPU reference (one call a stream). want_batch: the last run
+ * must have been one batched cuDNN call (on a cuDNN backend, bf16). */
+static void t_attention_batch(attn_case a, int nb, const int64_t *lens, int want_batch)
+{
+    char what[160];
+    snprintf(what, sizeof what, "%d streams, nq%lld Hq%d kvh%d dk%d dv%d tok%lld.. %s%d [%s]", nb, (long long)a.nq,
+             a.hq, a.kvh, a.dk, a.dv, (long long)lens[0], a.pt ? "pages of " : "contiguous", a.pt,
+             kn_cuda_attention_variant(gpu));
+    int mla = a.kvh == 1 && a.dk > a.dv;
+    int64_t width = mla ? a.dk : (int64_t)a.kvh * (a.dk + a.dv);
+    kvsrc s[8];
+    kn_kv kg[8], kc[8];
+    for (int b = 0; b < nb; b++) {
+        s[b] = make_kv(a.kvdt, lens[b], a.pt, width);
+        kg[b] = kv_of(&s[b], &s[b].pool, 1, lens[b], a.pt);
+        kc[b] = kv_of(&s[b], &s[b].pool, 0, lens[b], a.pt);
+        kg[b].kv_heads = kc[b].kv_heads = a.kvh;
+        kg[b].dk = kc[b].dk = a.dk;
+        kg[b].dv = kc[b].dv = a.dv;
+        kg[b].k_off = kc[b].k_off = 0;
+        kg[b].v_off = kc[b].v_off = mla ? 0 : (int64_t)a.kvh * a.dk;
+    }
+    int64_t rows = (int64_t)nb * a.nq;
+    tp q = mk(rows, (int64_t)a.hq * a.dk, (int64_t)a.hq * a.dk + 8), out = mk(rows, (int64_t)a.hq * a.dv, (int64_t)a.hq * a.dv);
+    put_rnd(&q, 3.0f);
+    float scale = 1.0f / sqrtf((float)a.dk);
+    ok_both(kn_attention_batch(gpu, out.g, q.g, kg, nb, a.hq, scale),
+            kn_attention_batch(cpu, out.c, q.c, kc, nb, a.hq, scale), "attention_batch", what);
+    const char *path = kn_cuda_attention_last(gpu);
+    char op[64];
+    snprintf(op, sizeof op, "attention_batch:%s", path);
+    if (want_batch && a.kvdt == KN_BF16 && gdt == KN_BF16 && !strncmp(kn_cuda_attention_variant(gpu), "cudnn", 5)) {
+        char info[512];
+        kn_cuda_cudnn_info(gpu, info, sizeof info);
+        CHECK(strstr(path, "batch") != NULL, "attention_batch %s: last run on %s, not one batched cuDNN call (%s)", what,
+              path, info);
+    }
+    cmp(op, what, &out, 0);
+    drop(&q), drop(&out);
+    for (int b = 0; b < nb; b++) {
+        drop(&s[b].pool);
+        free(s[b].pages);
+    }
+}
+
+static void attention_batch_suite(void)
+{
+    const attn_case mha = {65, 4, 4, 64, 64, 0, 16, KN_BF16, 1}, mqa = {33, 4, 1, 128, 128, 0, 32, KN_BF16, 1};
+    const attn_case ctx = {40, 2, 2, 128, 128, 0, 0, KN_BF16, 1}, odd = {7, 3, 3, 12, 6, 0, 5, KN_BF16, 0};
+    int64_t eq8[8] = {300, 300, 300, 300, 300, 300, 300, 300};
+    int64_t mixed[5] = {200, 200, 200, 130, 130}; /* runs: 2 + 1 of 200, then 2 of 130 */
+    int64_t eq3[3] = {257, 257, 257};
+    t_attention_batch(mha, 8, eq8, 1);
+    t_attention_batch(mha, 5, mixed, 1);
+    t_attention_batch(mqa, 3, eq3, 0);
+    t_attention_batch(ctx, 4, eq8, 1); /* contiguous sources in different buffers: cross-attention */
+    t_attention_batch(odd, 2, eq3, 0); /* widths cuDNN does not take: one call a stream */
+    attn_case f = mha;
+    f.kvdt = KN_F32;
+    t_attention_batch(f, 3, mixed, 0);
+    /* bad arguments: refused, nothing run */
+    int64_t one[1] = {10};
+    kvsrc s = make_kv(KN_BF16, 10, 0, 64);
+    kn_kv k2[2];
+    k2[0] = k2[1] = kv_of(&s, &s.pool, 1, one[0], 0);
+    for (int b = 0; b < 2; b++) {
+        k2[b].kv_heads = 2;
+        k2[b].dk = k2[b].dv = 16;
+        k2[b].v_off = 32;
+    }
+    tp q = mk(6, 32, 32), o = mk(6, 32, 32);
+    CHECK(kn_attention_batch(gpu, o.g, q.g, k2, 0, 2, 1.0f) == KN_ERR_ARG, "attention_batch: 0 sources accepted");
+    CHECK(kn_attention_batch(gpu, kn_rows(o.g, 0, 5), kn_rows(q.g, 0, 5), k2, 2, 2, 1.0f) == KN_ERR_ARG,
+          "attention_batch: 5 rows over 2 sources accepted");
+    k2[1].dk = 8;
+    CHECK(kn_attention_batch(gpu, o.g, q.g, k2, 2, 2, 1.0f) == KN_ERR_ARG, "attention_batch: mixed widths accepted");
+    drop(&q), drop(&o), drop(&s.pool);
+}
+
 /* A paged (or contiguous) pool on both sides for the KV store / load tests, and the case's name. */
 typedef struct {
     kvsrc s;
@@ -662,6 +742,7 @@ static void attention_suite(void)
     };
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
         t_attention(cs[i]);
+    attention_batch_suite();
 }
 
 static void linear_suite(void)
@@ -702,6 +783,14 @@ static void op_suite(void)
         t_elem(op, 33, 64, 0, !NO_ALIAS(op));
         t_elem(op, 257, 1536, 8, 0);
     }
+    /* the norms' one-pass kernels: a warp a row with lanes left idle (200 = 25 vectors), every
+     * lane full (2048), and a block a row past 2048 columns */
+    int norms[4] = {E_LN, E_LN_AFF, E_RMS, E_LNMOD};
+    for (int i = 0; i < 4; i++) {
+        t_elem(norms[i], 45, 200, 0, i % 2);
+        t_elem(norms[i], 19, 2048, 16, 0);
+        t_elem(norms[i], 21, 4096, 0, i % 2);
+    }
     kn_dtype dts[3] = {KN_F32, KN_BF16, KN_F16};
     for (int a = 0; a < 3; a++)
         for (int b = 0; b < 3; b++)
@@ -716,6 +805,7 @@ static void op_suite(void)
     t_rope_table(12, 128, 8, 5, 3, 15, 26, 0); /* per-head wan shape, a batch of 8 previews */
     t_rope_table(12, 64, 3, 1000, 3, 4, 6, 1); /* MLA q_r: d_r 64, far frames, strided */
     t_rope_table(1, 64, 4, 20, 3, 3, 4, 0);    /* MLA k_r: one head */
+    t_rope_table(24, 128, 2, 3, 3, 2, 3, 0);   /* 3072 columns: the block-a-row kernel */
     t_timestep(1, 32);
     t_timestep(7, 256);
     t_timestep(70, 18); /* more than 64 values: two launches */

@@ -1453,6 +1453,80 @@ static void test_attention_paged(void)
     free(mv);
 }
 
+/* kn_attention_batch: three streams, each over its own source (contiguous, paged with pages out of
+ * order, a different length), rows [b*NQ, (b+1)*NQ) of one query tensor; each stream's rows equal
+ * the reference over its own keys alone. Then the argument checks and the injected fault. */
+static void test_attention_batch(void)
+{
+    enum { NB = 3, G = 2, DK = 4, DV = 3, QH = 4, NQ = 3 };
+    const int nt[NB] = {5, 9, 5};
+    static const int32_t pages1[5] = {4, 1, 3, 0, 2};
+    int64_t rs = G * DK + G * DV + 2;
+    float *K[NB], *V[NB];
+    kn_kv kv[NB];
+    kn_tensor pools[NB];
+    for (int b = 0; b < NB; b++) {
+        K[b] = malloc(sizeof(float) * nt[b] * G * DK);
+        V[b] = malloc(sizeof(float) * nt[b] * G * DV);
+        fill_rand(K[b], (size_t)nt[b] * G * DK, 2.0f);
+        fill_rand(V[b], (size_t)nt[b] * G * DV, 1.0f);
+        kv[b] = kv_contig(KN_F32, nt[b], G, DK, DV, 1, 1 + G * DK, rs);
+        size_t elems = (size_t)nt[b] * rs;
+        if (b == 1) { /* paged: pages of 2 tokens, out of order, spaced */
+            kv[b].pages = pages1;
+            kv[b].page_tokens = 2;
+            kv[b].page_stride = 2 * rs + 3;
+            elems = 5 * (size_t)kv[b].page_stride;
+        }
+        pools[b] = kv_pool(&kv[b], elems, K[b], V[b]);
+    }
+    float q[NB * NQ * QH * DK], o[NB * NQ * QH * DV], r[NQ * QH * DV];
+    fill_rand(q, NB * NQ * QH * DK, 2.0f);
+    kn_tensor Q = mkf(NB * NQ, QH * DK, q), O = mkf(NB * NQ, QH * DV, NULL);
+    OK(kn_attention_batch(be, O, Q, kv, NB, QH, 0.4f));
+    dl(O, o);
+    for (int b = 0; b < NB; b++) {
+        char what[64];
+        snprintf(what, sizeof what, "attention batch: stream %d over its own %d keys", b, nt[b]);
+        attention_ref(r, q + b * NQ * QH * DK, NQ, QH, K[b], V[b], nt[b], G, DK, DV, 0.4);
+        CLOSE(what, o + b * NQ * QH * DV, r, NQ * QH * DV, 1e-6, 1e-5);
+    }
+    GUARD_OK(O);
+    /* the same as one kn_attention a stream, exactly */
+    float o1[NQ * QH * DV];
+    kn_tensor O1 = mkf(NQ, QH * DV, NULL);
+    OK(kn_attention(be, O1, kn_rows(Q, NQ, NQ), &kv[1], QH, 0.4f));
+    dl(O1, o1);
+    EXACT("attention batch equals a call for the stream alone", o + NQ * QH * DV, o1, NQ * QH * DV);
+
+    /* refused: no sources, rows not a multiple of the sources, a source of other widths, a source
+     * outside its buffer; the output is left as it was */
+    CHECK(kn_attention_batch(be, O, Q, kv, 0, QH, 0.4f) == KN_ERR_ARG, "attention batch: 0 sources");
+    CHECK(kn_attention_batch(be, kn_rows(O, 0, 8), kn_rows(Q, 0, 8), kv, NB, QH, 0.4f) == KN_ERR_ARG,
+          "attention batch: 8 rows over 3 sources");
+    CHECK(kn_attention_batch(be, O, kn_rows(Q, 0, 6), kv, NB, QH, 0.4f) == KN_ERR_ARG,
+          "attention batch: q and out rows differ");
+    kn_kv bad[NB] = {kv[0], kv[1], kv[2]};
+    bad[2].dk = DK - 2;
+    bad[2].dv = DV;
+    CHECK(kn_attention_batch(be, O, Q, bad, NB, QH, 0.4f) == KN_ERR_ARG, "attention batch: widths differ");
+    bad[2] = kv[2];
+    bad[2].n_tokens = 1000;
+    CHECK(kn_attention_batch(be, O, Q, bad, NB, QH, 0.4f) == KN_ERR_ARG, "attention batch: source past its buffer");
+    float o2[NB * NQ * QH * DV];
+    dl(O, o2);
+    EXACT("attention batch: a refused call leaves the output", o2, o, NB * NQ * QH * DV);
+    kn_backend_inject_fault(be, 0, 0); /* the next op fails: the batch is one op */
+    CHECK(kn_attention_batch(be, O, Q, kv, NB, QH, 0.4f) == KN_ERR_DEVICE, "attention batch: injected fault");
+    kn_backend_inject_fault(be, -1, 0);
+    OK(kn_attention_batch(be, O, Q, kv, NB, QH, 0.4f));
+    for (int b = 0; b < NB; b++) {
+        free(K[b]);
+        free(V[b]);
+        (void)pools[b];
+    }
+}
+
 static void test_attention_half(void)
 {
     /* bf16 and f16 kv storage: within the storage rounding of the fp32 result, and tight against
@@ -1966,6 +2040,7 @@ int main(void)
     test_attention_heads();
     test_attention_large();
     test_attention_paged();
+    test_attention_batch();
     test_attention_half();
     test_kv_store();
     test_patchify();
