@@ -61,9 +61,19 @@ static int acts(eng_model *m, act *a)
         A(qa, Nt, H * ((c->d_c > dh ? c->d_c : dh) + c->d_r));
         A(olat, Nt, H * c->d_c);
         if (m->mla_rebuild) {
+            /* room for rebuild_streams windows at once: one GEMM and one batched attention for
+             * them (model.h) */
             int64_t tmax = (int64_t)(c->sink + c->window) * (m->h / 2) * (m->wd / 2);
-            A(lat_tmp, tmax, c->d_c + c->d_r);
-            A(kvr, tmax, H * (dh + c->d_r) + H * dh);
+            int64_t wl = c->d_c + c->d_r, wk = H * (dh + c->d_r) + H * dh;
+            size_t per = (size_t)tmax * (size_t)(wl + wk) * kn_dtype_size(kn_backend_compute_dtype(m->be));
+            size_t budget = ENG_REBUILD_BYTES;
+            const char *env = getenv("VMLA_MLA_REBUILD_BYTES"); /* tests: a smaller budget */
+            if (env && *env)
+                budget = (size_t)strtoull(env, NULL, 10);
+            int64_t r = per > 0 ? (int64_t)(budget / per) : 1;
+            m->rebuild_streams = (int)(r < 1 ? 1 : r > B ? B : r);
+            A(lat_tmp, m->rebuild_streams * tmax, wl);
+            A(kvr, m->rebuild_streams * tmax, wk);
         }
     }
     A(ctx_in, c->text_len, c->text_dim);
@@ -313,21 +323,29 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         int64_t t0 = kv_stream_context_tokens(it[b].cache);
         TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(ckv, (int64_t)b * N, N)));
         TRY(kn_kv_store(be, &kv, t0, dc, kn_rows(kr, (int64_t)b * N, N)));
-        kn_tensor qb = kn_rows(qa, (int64_t)b * N, N);
-        if (!m->mla_rebuild) { /* multi-query attention in the latent (below), then v_up per head */
-            kvs[b] = kv;
-            continue;
+        kvs[b] = kv;
+    }
+    /* rebuild: for as many streams as lat_tmp holds, gather each window's latent rows (one
+     * kn_kv_load over its pages) one after the other, make every head's key [k_c,h | k_r] and
+     * value for all of them with one GEMM, and attend as per-head attention, one batched call
+     * (consecutive windows of one length are one uniform block for the backend) */
+    int64_t cap = m->lat_tmp.rows, kw_cols = (int64_t)H * (dh + dr);
+    for (int b0 = 0; m->mla_rebuild && b0 < n;) {
+        int64_t rows = 0, off[ENG_FWD_MAX];
+        int b1 = b0;
+        while (b1 < n && (b1 == b0 || rows + kvs[b1].n_tokens <= cap)) {
+            off[b1] = rows;
+            TRY(kn_kv_load(be, kn_rows(m->lat_tmp, rows, kvs[b1].n_tokens), &kvs[b1], 0, 0));
+            rows += kvs[b1++].n_tokens;
         }
-        /* rebuild: gather the window's latent rows (one kn_kv_load over its pages), then every
-         * head's key [k_c,h | k_r] and value with one GEMM, and attend over them as per-head
-         * attention */
-        int64_t T = kv.n_tokens;
-        kn_tensor lat = kn_rows(m->lat_tmp, 0, T), kvr = kn_rows(m->kvr, 0, T);
-        TRY(kn_kv_load(be, lat, &kv, 0, 0));
-        int64_t kw_cols = (int64_t)H * (dh + dr);
-        TRY(kn_linear(be, kvr, lat, m->kw[layer], NULL)); /* [T, keys | values] */
-        kn_kv rk = rows_kv(kvr, H, dh + dr, dh, kw_cols);
-        TRY(kn_attention(be, kn_rows(att, (int64_t)b * N, N), qb, &rk, H, scale));
+        kn_tensor kvr = kn_rows(m->kvr, 0, rows);
+        TRY(kn_linear(be, kvr, kn_rows(m->lat_tmp, 0, rows), m->kw[layer], NULL)); /* [rows, keys | values] */
+        kn_kv rk[ENG_FWD_MAX];
+        for (int b = b0; b < b1; b++)
+            rk[b - b0] = rows_kv(kn_rows(kvr, off[b], kvs[b].n_tokens), H, dh + dr, dh, kw_cols);
+        TRY(kn_attention_batch(be, kn_rows(att, (int64_t)b0 * N, (int64_t)(b1 - b0) * N),
+                               kn_rows(qa, (int64_t)b0 * N, (int64_t)(b1 - b0) * N), rk, b1 - b0, H, scale));
+        b0 = b1;
     }
     if (!m->mla_rebuild) {
         TRY(kn_attention_batch(be, olat, qa, kvs, n, H, scale));

@@ -37,8 +37,10 @@ typedef struct {
     kn_tensor rope; /* [B*N, d] f32: (cos, sin) of every token's RoPE pairs, for the pass's streams */
     kn_tensor qr, ckv, kr, qt, qa, olat; /* MLA */
     int mla_rebuild;   /* MLA attention: 1 rebuild per-head K/V from the latent window, 0 absorb */
-    kn_tensor lat_tmp; /* rebuild: [T_max, dc+dr] the window's latent rows, gathered */
-    kn_tensor kvr;     /* rebuild: [T_max, H*(dh+dr) + H*dh] per-head keys | values */
+    int rebuild_streams; /* rebuild: windows rebuilt at once (as many as ENG_REBUILD_BYTES hold, at
+                            most max_batch) */
+    kn_tensor lat_tmp; /* rebuild: [rebuild_streams*T_max, dc+dr] windows' latent rows, gathered */
+    kn_tensor kvr;     /* rebuild: [rebuild_streams*T_max, H*(dh+dr) + H*dh] per-head keys | values */
     kn_buffer_t *kw_buf;
     kn_tensor *kw;     /* rebuild, per layer: [H*(dh+dr) + H*dh, dc+dr] = [per head [k_up_h 0; 0 I_dr];
                           v_up 0]: one GEMM gives every head's key and value */
@@ -56,6 +58,10 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
                    kv_pool_t *pool, int max_batch, int F, int h, int wd, int mla_rebuild, char *err,
                    size_t errlen);
 void eng_model_free(eng_model *m);
+
+/* The MLA rebuild's scratch (latent rows + rebuilt keys and values of several windows at once) is
+ * at most this, or one window when one window is more ($VMLA_MLA_REBUILD_BYTES overrides it: tests). */
+#define ENG_REBUILD_BYTES ((size_t)1 << 30)
 
 /* The most streams one forward takes (engine.h: max_batch is at most this). */
 #define ENG_FWD_MAX 64

@@ -37,7 +37,9 @@
  * length and layout are one call with a batch dimension: their windows gathered by one launch into
  * one scratch [B, n, w], Q and O described in place (stream b's queries are rows b*nq..). One
  * stream's chunk at a preview size fills less than one wave of the GPU's SMs and costs a host round
- * of gather + execute; eight of them at once cost one (bench/RESULTS.md, fourth session).
+ * of gather + execute; eight of them at once cost one (bench/RESULTS.md, fourth session). Windows
+ * that already lie one after the other in one buffer (the MLA rebuild's keys and values) are
+ * described in place instead ("batch-direct").
  *
  * Plans: an execution plan is built per shape (the key: every dim and stride, the form, the
  * mode) on first use, then cached (CACHE_N entries, oldest evicted): the hot path only fills a
@@ -867,9 +869,24 @@ kn_status cu_dnn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, c
             return KN_ERR_UNSUPPORTED;
     dnn_key key = dnn_key_of(out, q, kv, q_heads, r);
     int64_t lo, w, n = kv->n_tokens;
+    key.nb = nb;
+    /* contiguous windows one after the other in one buffer (the MLA rebuild's): described in
+     * place, nothing gathered */
+    int uniform = 1;
+    for (int b = 0; b < nb && uniform; b++)
+        uniform = !kv[b].pages && kv[b].buf == kv->buf &&
+                  kv[b].off == kv->off + (size_t)b * (size_t)n * (size_t)kv->row_stride * 2;
+    if (uniform) {
+        key.rs = kv->row_stride;
+        dnn_entry *e = dnn_plan(d, &key);
+        if (!e)
+            return KN_ERR_UNSUPPORTED;
+        const char *base = (const char *)kv->buf->ptr + kv->off;
+        return dnn_run(be, e, &key, 0, "batch-direct", out, q, base + kv->k_off * 2, base + kv->v_off * 2, NULL,
+                       NULL, scale);
+    }
     kv_span(kv, &lo, &w);
     key.rs = w;
-    key.nb = nb;
     dnn_entry *e = dnn_plan(d, &key);
     if (!e)
         return KN_ERR_UNSUPPORTED;

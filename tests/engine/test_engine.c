@@ -156,6 +156,33 @@ static void test_mla_forms(void)
     CHECK(d < 1e-5, "rebuild batched at different passes equals alone (max |diff| %.3g)", d);
     for (int i = 0; i < 2; i++)
         eng_stream_close(s[i]);
+    /* the same with room for one window at a time (each stream its own rebuild GEMM), and with
+     * both streams at the same pass (their windows one block: one batched attention) */
+    setenv("VMLA_MLA_REBUILD_BYTES", "1", 1);
+    eng_engine_t *e1 = open_engine_mla("tiny-test-mla", NULL, 2, 2, 0, ENG_MLA_REBUILD);
+    unsetenv("VMLA_MLA_REBUILD_BYTES");
+    eng_engine_t *es[2] = {e1, e[1]};
+    for (int k = 0; k < 2 && e1; k++) {
+        CHECK(eng_stream_open(es[k], 21, "a red square moving left", &s[0]) == ENG_OK &&
+                  eng_stream_open(es[k], 21, "a red square moving left", &s[1]) == ENG_OK,
+              "open two");
+        if (k == 0)
+            CHECK(eng_step(es[k], &s[1], 1) == ENG_OK, "one pass of the second stream alone");
+        got = 0;
+        for (int guard = 0; guard < 100 && got < NCH; guard++) {
+            CHECK(eng_step(es[k], s, 2) == ENG_OK, "batched rebuild step: %s", eng_error(es[k]));
+            if (eng_stream_take_frames(s[0]))
+                eng_stream_last_latent(s[0], bat[got++], NLAT);
+        }
+        d = 0;
+        for (int ch = 0; ch < NCH; ch++)
+            d = fmax(d, maxdiff(bat[ch], lat[1][ch], NLAT));
+        CHECK(d < 1e-5, "rebuild batched (%s) equals alone (max |diff| %.3g)",
+              k == 0 ? "one window at a time" : "same pass", d);
+        for (int i = 0; i < 2; i++)
+            eng_stream_close(s[i]);
+    }
+    eng_close(e1);
     eng_close(e[0]);
     eng_close(e[1]);
 }

@@ -638,6 +638,42 @@ static void t_attention_batch(attn_case a, int nb, const int64_t *lens, int want
     }
 }
 
+/* kn_attention_batch over nb windows of T tokens that lie one after the other in one contiguous
+ * buffer (the MLA rebuild's keys and values): on a cuDNN backend one call, described in place. */
+static void t_attention_batch_block(attn_case a, int nb, int64_t T)
+{
+    char what[160];
+    snprintf(what, sizeof what, "%d windows of %lld in one block, nq%lld Hq%d dk%d dv%d [%s]", nb, (long long)T,
+             (long long)a.nq, a.hq, a.dk, a.dv, kn_cuda_attention_variant(gpu));
+    int64_t width = (int64_t)a.kvh * (a.dk + a.dv);
+    kvsrc s = make_kv(a.kvdt, nb * T, 0, width);
+    kn_kv kg[8], kc[8];
+    for (int b = 0; b < nb; b++) {
+        kg[b] = kv_of(&s, &s.pool, 1, T, 0);
+        kc[b] = kv_of(&s, &s.pool, 0, T, 0);
+        kg[b].off += (size_t)(b * T * s.row_stride) * kn_dtype_size(a.kvdt);
+        kc[b].off += (size_t)(b * T * s.row_stride) * kn_dtype_size(a.kvdt);
+        kg[b].kv_heads = kc[b].kv_heads = a.kvh;
+        kg[b].dk = kc[b].dk = a.dk;
+        kg[b].dv = kc[b].dv = a.dv;
+        kg[b].k_off = kc[b].k_off = 0;
+        kg[b].v_off = kc[b].v_off = (int64_t)a.kvh * a.dk;
+    }
+    int64_t rows = (int64_t)nb * a.nq;
+    tp q = mk(rows, (int64_t)a.hq * a.dk, (int64_t)a.hq * a.dk), out = mk(rows, (int64_t)a.hq * a.dv, (int64_t)a.hq * a.dv);
+    put_rnd(&q, 3.0f);
+    float scale = 1.0f / sqrtf((float)a.dk);
+    ok_both(kn_attention_batch(gpu, out.g, q.g, kg, nb, a.hq, scale),
+            kn_attention_batch(cpu, out.c, q.c, kc, nb, a.hq, scale), "attention_batch", what);
+    const char *path = kn_cuda_attention_last(gpu);
+    char op[64];
+    snprintf(op, sizeof op, "attention_batch:%s", path);
+    if (a.kvdt == KN_BF16 && gdt == KN_BF16 && !strncmp(kn_cuda_attention_variant(gpu), "cudnn", 5))
+        CHECK(strstr(path, "batch-direct") != NULL, "attention_batch %s: last run on %s, not in place", what, path);
+    cmp(op, what, &out, 0);
+    drop(&q), drop(&out), drop(&s.pool);
+}
+
 static void attention_batch_suite(void)
 {
     const attn_case mha = {65, 4, 4, 64, 64, 0, 16, KN_BF16, 1}, mqa = {33, 4, 1, 128, 128, 0, 32, KN_BF16, 1};
@@ -650,6 +686,9 @@ static void attention_batch_suite(void)
     t_attention_batch(mqa, 3, eq3, 0);
     t_attention_batch(ctx, 4, eq8, 1); /* contiguous sources in different buffers: cross-attention */
     t_attention_batch(odd, 2, eq3, 0); /* widths cuDNN does not take: one call a stream */
+    const attn_case reb = {50, 3, 3, 192, 128, 0, 0, KN_BF16, 1}; /* rebuilt MLA: dh 128 + d_r 64 */
+    t_attention_batch_block(reb, 4, 390);
+    t_attention_batch_block(reb, 2, 1000);
     attn_case f = mha;
     f.kvdt = KN_F32;
     t_attention_batch(f, 3, mixed, 0);
