@@ -47,14 +47,15 @@ static int acts(eng_model *m, act *a)
     A(q, Nt, (H * dh > D ? H * dh : D));
     A(att, Nt, (H * dh > D ? H * dh : D));
     A(y, Nt, D);
-    A(ff, Nt, c->ffn_dim);
+    /* ff also holds the fused self-attention projections (proj) when it is as wide: the two are
+     * never live at once */
+    int64_t pw = c->layout == ENG_LAYOUT_MHA ? 3 * D : H * (dh + c->d_r) + c->d_c + c->d_r;
+    A(ff, Nt, c->ffn_dim >= pw ? c->ffn_dim : pw);
     A(hout, Nt, 4 * c->in_ch);
     a[n++] = (act){&m->rope, Nt, c->layout == ENG_LAYOUT_MHA ? dh : c->d_r, 1};
     if (c->layout == ENG_LAYOUT_MHA) {
         A(k, Nt, D);
-        A(v, Nt, D);
     } else {
-        A(qr, Nt, H * c->d_r);
         A(ckv, Nt, c->d_c);
         A(kr, Nt, c->d_r);
         A(qt, Nt, H * c->d_c);
@@ -172,6 +173,7 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
             eng_model_free(m);
             return -1;
         }
+    m->proj = m->ff; /* acts(): ff is wide enough for both */
     /* constants */
     float zeros[4096] = {0}, half[64];
     if (c->text_dim > 4096 || 3 * c->dec_t_up > 64) {
@@ -259,13 +261,14 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     int H = c->heads, dh = c->head_dim, N = m->N;
     int64_t Nt = (int64_t)n * N, D = c->dim;
     if (c->layout == ENG_LAYOUT_MHA) {
-        kn_tensor q = kn_rows(m->q, 0, Nt), k = kn_rows(m->k, 0, Nt), v = kn_rows(m->v, 0, Nt);
+        /* q | k | v by one GEMM into proj; the normalised, rotated q and k go to their own
+         * buffers, v is stored from proj */
+        kn_tensor q = kn_rows(m->q, 0, Nt), k = kn_rows(m->k, 0, Nt), p = kn_rows(m->proj, 0, Nt);
         kn_tensor rope = kn_rows(m->rope, 0, Nt);
-        TRY(linear(m, q, xn, &B->q));
-        TRY(kn_rmsnorm_rope(be, by_heads(q, H), q, B->norm_q, c->eps, H, &rope));
-        TRY(linear(m, k, xn, &B->k));
-        TRY(kn_rmsnorm_rope(be, by_heads(k, H), k, B->norm_k, c->eps, H, &rope));
-        TRY(linear(m, v, xn, &B->v));
+        TRY(linear(m, kn_cols(p, 0, 3 * D), xn, &B->qkv));
+        TRY(kn_rmsnorm_rope(be, by_heads(q, H), kn_cols(p, 0, D), B->norm_q, c->eps, H, &rope));
+        TRY(kn_rmsnorm_rope(be, by_heads(k, H), kn_cols(p, D, D), B->norm_k, c->eps, H, &rope));
+        kn_tensor v = kn_cols(p, 2 * D, D);
         kn_tensor att = kn_rows(m->att, 0, Nt);
         kn_kv kvs[ENG_FWD_MAX];
         for (int b = 0; b < n; b++) {
@@ -285,7 +288,7 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     }
     int dc = c->d_c, dr = c->d_r;
     kn_tensor qc = kn_cols(kn_rows(m->q, 0, Nt), 0, (int64_t)H * dh);
-    kn_tensor qr = kn_rows(m->qr, 0, Nt), ckv = kn_rows(m->ckv, 0, Nt), kr = kn_rows(m->kr, 0, Nt);
+    kn_tensor ckv = kn_rows(m->ckv, 0, Nt), kr = kn_rows(m->kr, 0, Nt);
     kn_tensor qt = kn_rows(m->qt, 0, Nt), qa, olat = kn_rows(m->olat, 0, Nt);
     kn_tensor rope = kn_rows(m->rope, 0, Nt);
     /* the query, per head [q_lat,h | q_r,h]: q_lat,h = q_c,h @ k_up[h rows] (absorb, dc wide) or
@@ -296,20 +299,20 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     qa = (kn_tensor){.buf = m->qa.buf, .off = m->qa.off, .dtype = m->qa.dtype, .rows = Nt,
                      .cols = (int64_t)H * (dq + dr), .ld = (int64_t)H * (dq + dr)};
     kn_tensor qa_h = by_heads(qa, H);
-    TRY(linear(m, qc, xn, &B->q));
+    /* q_c | q_r | c | k_r by one GEMM into proj, each normalised from there into its place */
+    int64_t wq = (int64_t)H * dh, wr = (int64_t)H * dr;
+    kn_tensor p = kn_rows(m->proj, 0, Nt);
+    TRY(linear(m, kn_cols(p, 0, wq + wr + dc + dr), xn, &B->qkv));
     if (m->mla_rebuild) {
-        TRY(kn_rmsnorm_rope(be, kn_cols(qa_h, 0, dh), qc, B->norm_q, c->eps, H, NULL));
+        TRY(kn_rmsnorm_rope(be, kn_cols(qa_h, 0, dh), kn_cols(p, 0, wq), B->norm_q, c->eps, H, NULL));
     } else {
-        TRY(kn_rmsnorm(be, qc, qc, B->norm_q, c->eps));
+        TRY(kn_rmsnorm(be, qc, kn_cols(p, 0, wq), B->norm_q, c->eps));
         TRY(kn_matmul_heads(be, qt, qc, B->k_up, H, KN_HEADS_XW)); /* [Nt, H*dc] */
         TRY(kn_copy(be, kn_cols(qa_h, 0, dc), by_heads(qt, H)));
     }
-    TRY(linear(m, qr, xn, &B->q_rope));
-    TRY(kn_rmsnorm_rope(be, kn_cols(qa_h, dq, dr), qr, B->norm_q_rope, c->eps, H, &rope));
-    TRY(linear(m, ckv, xn, &B->kv_down));
-    TRY(kn_rmsnorm(be, ckv, ckv, B->norm_kv, c->eps));
-    TRY(linear(m, kr, xn, &B->k_rope));
-    TRY(kn_rmsnorm_rope(be, kr, kr, B->norm_k_rope, c->eps, 1, &rope));
+    TRY(kn_rmsnorm_rope(be, kn_cols(qa_h, dq, dr), kn_cols(p, wq, wr), B->norm_q_rope, c->eps, H, &rope));
+    TRY(kn_rmsnorm(be, ckv, kn_cols(p, wq + wr, dc), B->norm_kv, c->eps));
+    TRY(kn_rmsnorm_rope(be, kr, kn_cols(p, wq + wr + dc, dr), B->norm_k_rope, c->eps, 1, &rope));
     kn_tensor att = kn_cols(kn_rows(m->att, 0, Nt), 0, (int64_t)H * dh);
     kn_kv kvs[ENG_FWD_MAX];
     float scale = 1.0f / sqrtf((float)(dh + dr));
@@ -392,7 +395,7 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
 
     /* patch embedding */
     kn_tensor tok = kn_rows(m->tok, 0, Nt), x = kn_rows(m->x, 0, Nt), xn = kn_rows(m->xn, 0, Nt);
-    kn_tensor y = kn_rows(m->y, 0, Nt), ff = kn_rows(m->ff, 0, Nt);
+    kn_tensor y = kn_rows(m->y, 0, Nt), ff = kn_cols(kn_rows(m->ff, 0, Nt), 0, c->ffn_dim);
     for (int b = 0; b < n; b++)
         TRY(kn_patchify(be, kn_rows(tok, (int64_t)b * N, N), it[b].lat, c->in_ch, m->F, m->h, m->wd));
     TRY(linear(m, x, tok, &w->patch));

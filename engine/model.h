@@ -33,9 +33,10 @@ typedef struct {
     kn_buffer_t *buf;
     /* activations, [max_batch * N, ...] unless noted */
     kn_tensor sin, e_h, e, es, e0, mod, hmod; /* per stream: [B, .] ; mod [B*6, D]; hmod [B*2, D] */
-    kn_tensor tok, x, xn, q, k, v, att, y, ff, hout;
+    kn_tensor tok, x, xn, q, k, att, y, ff, hout;
+    kn_tensor proj; /* the fused self-attention projections [B*N, q|k|v or q_c|q_r|c|k_r]: ff's memory */
     kn_tensor rope; /* [B*N, d] f32: (cos, sin) of every token's RoPE pairs, for the pass's streams */
-    kn_tensor qr, ckv, kr, qt, qa, olat; /* MLA */
+    kn_tensor ckv, kr, qt, qa, olat; /* MLA */
     int mla_rebuild;   /* MLA attention: 1 rebuild per-head K/V from the latent window, 0 absorb */
     int rebuild_streams; /* rebuild: windows rebuilt at once (as many as ENG_REBUILD_BYTES hold, at
                             most max_batch) */

@@ -23,11 +23,25 @@ typedef struct {
     kn_tensor *dst;
     init_kind init;
     int64_t fan_in;
+    /* fused (fuse()): dst is rows (a weight) or columns (a bias) from r0 / c0 of a parent tensor,
+     * not an arena slot of its own */
+    kn_tensor *parent;
+    int64_t r0, c0;
+    int in_bias; /* the parent is a bias [1, n]: dst is columns c0.. of it */
 } wspec;
+
+/* A tensor several specs live in (fuse()): placed in the arena first; neither read from the file
+ * nor drawn itself (its parts are, under their own names and draw indices). */
+typedef struct {
+    kn_tensor *dst;
+    int64_t rows, cols;
+} wparent;
 
 typedef struct {
     wspec *v;
     int n, cap;
+    wparent *p;
+    int np, pcap;
     int oom;
 } wlist;
 
@@ -75,6 +89,45 @@ static void add(wlist *l, kn_tensor *dst, init_kind init, int64_t fan_in, int nd
     s->fan_in = fan_in;
 }
 
+/* The linears parts[0..n) (same input width, all with biases or none) as row ranges of one weight
+ * [sum of outputs, in] and column ranges of one bias [1, sum]: F, so one GEMM computes all of them.
+ * Their specs keep their names and draw indices (the seeded weights do not change). */
+static void fuse(wlist *l, eng_linear *F, eng_linear *const *parts, int n)
+{
+    int64_t rows = 0, in = -1;
+    int bias = 0;
+    for (int k = 0; k < n; k++) {
+        int64_t start = rows;
+        for (int i = 0; i < l->n; i++) {
+            wspec *s = &l->v[i];
+            if (s->dst == &parts[k]->w) {
+                s->parent = &F->w;
+                s->r0 = start;
+                rows = start + s->rows;
+                in = s->cols;
+            } else if (s->dst == &parts[k]->b) {
+                s->parent = &F->b;
+                s->c0 = start;
+                s->in_bias = 1;
+                bias = 1;
+            }
+        }
+    }
+    for (int k = 0; k < 1 + bias; k++) {
+        if (l->np == l->pcap) {
+            int cap = l->pcap ? 2 * l->pcap : 64;
+            wparent *v = realloc(l->p, sizeof *v * (size_t)cap);
+            if (!v) {
+                l->oom = 1;
+                return;
+            }
+            l->p = v;
+            l->pcap = cap;
+        }
+        l->p[l->np++] = k == 0 ? (wparent){&F->w, rows, in} : (wparent){&F->b, 1, rows};
+    }
+}
+
 #define S1(a) ((const int64_t[]){a})
 #define S2(a, b) ((const int64_t[]){a, b})
 #define S3(a, b, c) ((const int64_t[]){a, b, c})
@@ -111,6 +164,8 @@ static void build(const eng_config *c, eng_weights *w, wlist *l)
             lin(l, &b->o, D, D, 1, N("o"));
             add(l, &b->norm_q, INIT_NORM, 0, 1, S1(D), "%s.norm_q.weight", p);
             add(l, &b->norm_k, INIT_NORM, 0, 1, S1(D), "%s.norm_k.weight", p);
+            eng_linear *parts[3] = {&b->q, &b->k, &b->v};
+            fuse(l, &b->qkv, parts, 3);
         } else {
             int64_t dc = c->d_c, dr = c->d_r;
             lin(l, &b->q, H * dh, D, 1, N("q"));
@@ -124,6 +179,8 @@ static void build(const eng_config *c, eng_weights *w, wlist *l)
             add(l, &b->k_up, INIT_LINEAR, dc, 2, S2(H * dh, dc), "%s.k_up.weight", p);
             add(l, &b->v_up, INIT_LINEAR, dc, 2, S2(H * dh, dc), "%s.v_up.weight", p);
             lin(l, &b->o, D, H * dh, 1, N("o"));
+            eng_linear *parts[4] = {&b->q, &b->q_rope, &b->kv_down, &b->k_rope};
+            fuse(l, &b->qkv, parts, 4);
         }
         snprintf(p, sizeof p, "blocks.%d.cross_attn", i);
         lin(l, &b->cq, D, D, 1, N("q"));
@@ -272,8 +329,16 @@ int eng_weights_load(eng_weights *w, kn_backend_t *be, const eng_config *c, cons
     if (l.oom)
         goto oom;
     size_t total = 0, maxn = 0;
+    for (int i = 0; i < l.np; i++) {
+        size_t b = kn_arena_bytes(dt, l.p[i].rows, l.p[i].cols);
+        if (b == SIZE_MAX || total > SIZE_MAX - b) {
+            snprintf(err, errlen, "weights: size overflows");
+            goto fail;
+        }
+        total += b;
+    }
     for (int i = 0; i < l.n; i++) {
-        size_t b = kn_arena_bytes(dt, l.v[i].rows, l.v[i].cols);
+        size_t b = l.v[i].parent ? 0 : kn_arena_bytes(dt, l.v[i].rows, l.v[i].cols);
         if (b == SIZE_MAX || total > SIZE_MAX - b) {
             snprintf(err, errlen, "weights: size overflows");
             goto fail;
@@ -301,9 +366,16 @@ int eng_weights_load(eng_weights *w, kn_backend_t *be, const eng_config *c, cons
     kn_arena_init(&a, w->buf);
     if (!(tmp = malloc(sizeof(float) * (maxn ? maxn : 1))))
         goto oom;
+    for (int i = 0; i < l.np; i++)
+        if (kn_arena_tensor(&a, l.p[i].dst, dt, l.p[i].rows, l.p[i].cols)) {
+            snprintf(err, errlen, "weights: arena overflow (internal)");
+            goto fail;
+        }
     for (int i = 0; i < l.n; i++) {
         wspec *s = &l.v[i];
-        if (kn_arena_tensor(&a, s->dst, dt, s->rows, s->cols)) {
+        if (s->parent)
+            *s->dst = s->in_bias ? kn_cols(*s->parent, s->c0, s->cols) : kn_rows(*s->parent, s->r0, s->rows);
+        else if (kn_arena_tensor(&a, s->dst, dt, s->rows, s->cols)) {
             snprintf(err, errlen, "weights: arena overflow (internal)");
             goto fail;
         }
@@ -354,6 +426,7 @@ fail:
 done:
     free(tmp);
     free(l.v);
+    free(l.p);
     if (f)
         st_close(f);
     return rc;

@@ -26,6 +26,10 @@ typedef struct {
     eng_linear q_rope, kv_down, k_rope;
     kn_tensor norm_q_rope, norm_kv, norm_k_rope;
     kn_tensor k_up, v_up; /* [H*dh, d_c] */
+    /* the self-attention input projections as one linear: per-head [q; k; v] [3D, D], latent
+     * [q; q_rope; kv_down; k_rope] [H*dh + H*d_r + d_c + d_r, D]; the linears above are its row
+     * ranges (biases: column ranges), so one GEMM computes them all */
+    eng_linear qkv;
     /* cross-attention */
     eng_linear cq, ck, cv, co;
     kn_tensor cnorm_q, cnorm_k;
