@@ -557,6 +557,18 @@ static kn_kv kv_of(const kvsrc *s, const tp *p, int gpu_side, int64_t ntok, int 
     return kv;
 }
 
+/* The heads and widths of a case on a kv source (the latent layout: the value is the key's first
+ * dv columns). */
+static void kv_heads_of(kn_kv *kv, attn_case a)
+{
+    int mla = a.kvh == 1 && a.dk > a.dv;
+    kv->kv_heads = a.kvh;
+    kv->dk = a.dk;
+    kv->dv = a.dv;
+    kv->k_off = 0;
+    kv->v_off = mla ? 0 : (int64_t)a.kvh * a.dk;
+}
+
 static void t_attention(attn_case a)
 {
     char what[128];
@@ -567,11 +579,8 @@ static void t_attention(attn_case a)
     int64_t width = mla ? a.dk : (int64_t)a.kvh * (a.dk + a.dv);
     kvsrc s = make_kv(a.kvdt, a.ntok, a.pt, width);
     kn_kv kg = kv_of(&s, &s.pool, 1, a.ntok, a.pt), kc = kv_of(&s, &s.pool, 0, a.ntok, a.pt);
-    kg.kv_heads = kc.kv_heads = a.kvh;
-    kg.dk = kc.dk = a.dk;
-    kg.dv = kc.dv = a.dv;
-    kg.k_off = kc.k_off = 0;
-    kg.v_off = kc.v_off = mla ? 0 : (int64_t)a.kvh * a.dk;
+    kv_heads_of(&kg, a);
+    kv_heads_of(&kc, a);
     tp q = mk(a.nq, (int64_t)a.hq * a.dk, (int64_t)a.hq * a.dk), out = mk(a.nq, (int64_t)a.hq * a.dv, (int64_t)a.hq * a.dv + 8);
     put_rnd(&q, 3.0f); /* peaky softmax: the running max moves */
     float scale = 1.0f / sqrtf((float)a.dk);
@@ -592,29 +601,12 @@ static void t_attention(attn_case a)
     free(s.pages);
 }
 
-/* kn_attention_batch over nb streams, each with its own pool (pages shuffled) and length lens[b]:
- * the GPU's batched call against the CPU reference (one call a stream). want_batch: the last run
- * must have been one batched cuDNN call (on a cuDNN backend, bf16). */
-static void t_attention_batch(attn_case a, int nb, const int64_t *lens, int want_batch)
+/* kn_attention_batch over nb sources (kg on the GPU, kc the same on the CPU): the GPU's batched call
+ * against the CPU reference (one call a stream); on a cuDNN backend in bf16, the last run's path
+ * must contain `want` (NULL: any path). */
+static void run_attention_batch(attn_case a, const kn_kv *kg, const kn_kv *kc, int nb, const char *what,
+                                const char *want)
 {
-    char what[160];
-    snprintf(what, sizeof what, "%d streams, nq%lld Hq%d kvh%d dk%d dv%d tok%lld.. %s%d [%s]", nb, (long long)a.nq,
-             a.hq, a.kvh, a.dk, a.dv, (long long)lens[0], a.pt ? "pages of " : "contiguous", a.pt,
-             kn_cuda_attention_variant(gpu));
-    int mla = a.kvh == 1 && a.dk > a.dv;
-    int64_t width = mla ? a.dk : (int64_t)a.kvh * (a.dk + a.dv);
-    kvsrc s[8];
-    kn_kv kg[8], kc[8];
-    for (int b = 0; b < nb; b++) {
-        s[b] = make_kv(a.kvdt, lens[b], a.pt, width);
-        kg[b] = kv_of(&s[b], &s[b].pool, 1, lens[b], a.pt);
-        kc[b] = kv_of(&s[b], &s[b].pool, 0, lens[b], a.pt);
-        kg[b].kv_heads = kc[b].kv_heads = a.kvh;
-        kg[b].dk = kc[b].dk = a.dk;
-        kg[b].dv = kc[b].dv = a.dv;
-        kg[b].k_off = kc[b].k_off = 0;
-        kg[b].v_off = kc[b].v_off = mla ? 0 : (int64_t)a.kvh * a.dk;
-    }
     int64_t rows = (int64_t)nb * a.nq;
     tp q = mk(rows, (int64_t)a.hq * a.dk, (int64_t)a.hq * a.dk + 8), out = mk(rows, (int64_t)a.hq * a.dv, (int64_t)a.hq * a.dv);
     put_rnd(&q, 3.0f);
@@ -624,54 +616,60 @@ static void t_attention_batch(attn_case a, int nb, const int64_t *lens, int want
     const char *path = kn_cuda_attention_last(gpu);
     char op[64];
     snprintf(op, sizeof op, "attention_batch:%s", path);
-    if (want_batch && a.kvdt == KN_BF16 && gdt == KN_BF16 && !strncmp(kn_cuda_attention_variant(gpu), "cudnn", 5)) {
+    if (want && a.kvdt == KN_BF16 && gdt == KN_BF16 && !strncmp(kn_cuda_attention_variant(gpu), "cudnn", 5)) {
         char info[512];
         kn_cuda_cudnn_info(gpu, info, sizeof info);
-        CHECK(strstr(path, "batch") != NULL, "attention_batch %s: last run on %s, not one batched cuDNN call (%s)", what,
-              path, info);
+        CHECK(strstr(path, want) != NULL, "attention_batch %s: last run on %s, not '%s' (%s)", what, path, want, info);
     }
     cmp(op, what, &out, 0);
     drop(&q), drop(&out);
+}
+
+/* nb streams, each with its own pool (pages shuffled) and length lens[b]. want_batch: the last run
+ * must have been one batched cuDNN call. */
+static void t_attention_batch(attn_case a, int nb, const int64_t *lens, int want_batch)
+{
+    char what[160];
+    snprintf(what, sizeof what, "%d streams, nq%lld Hq%d kvh%d dk%d dv%d tok%lld.. %s%d [%s]", nb, (long long)a.nq,
+             a.hq, a.kvh, a.dk, a.dv, (long long)lens[0], a.pt ? "pages of " : "contiguous", a.pt,
+             kn_cuda_attention_variant(gpu));
+    int64_t width = a.kvh == 1 && a.dk > a.dv ? a.dk : (int64_t)a.kvh * (a.dk + a.dv);
+    kvsrc s[8];
+    kn_kv kg[8], kc[8];
+    for (int b = 0; b < nb; b++) {
+        s[b] = make_kv(a.kvdt, lens[b], a.pt, width);
+        kg[b] = kv_of(&s[b], &s[b].pool, 1, lens[b], a.pt);
+        kc[b] = kv_of(&s[b], &s[b].pool, 0, lens[b], a.pt);
+        kv_heads_of(&kg[b], a);
+        kv_heads_of(&kc[b], a);
+    }
+    run_attention_batch(a, kg, kc, nb, what, want_batch ? "batch" : NULL);
     for (int b = 0; b < nb; b++) {
         drop(&s[b].pool);
         free(s[b].pages);
     }
 }
 
-/* kn_attention_batch over nb windows of T tokens that lie one after the other in one contiguous
- * buffer (the MLA rebuild's keys and values): on a cuDNN backend one call, described in place. */
+/* nb windows of T tokens that lie one after the other in one contiguous buffer (the MLA rebuild's
+ * keys and values): on a cuDNN backend one call, described in place. */
 static void t_attention_batch_block(attn_case a, int nb, int64_t T)
 {
     char what[160];
     snprintf(what, sizeof what, "%d windows of %lld in one block, nq%lld Hq%d dk%d dv%d [%s]", nb, (long long)T,
              (long long)a.nq, a.hq, a.dk, a.dv, kn_cuda_attention_variant(gpu));
-    int64_t width = (int64_t)a.kvh * (a.dk + a.dv);
-    kvsrc s = make_kv(a.kvdt, nb * T, 0, width);
+    kvsrc s = make_kv(a.kvdt, nb * T, 0, (int64_t)a.kvh * (a.dk + a.dv));
     kn_kv kg[8], kc[8];
     for (int b = 0; b < nb; b++) {
+        size_t at = (size_t)(b * T * s.row_stride) * kn_dtype_size(a.kvdt);
         kg[b] = kv_of(&s, &s.pool, 1, T, 0);
         kc[b] = kv_of(&s, &s.pool, 0, T, 0);
-        kg[b].off += (size_t)(b * T * s.row_stride) * kn_dtype_size(a.kvdt);
-        kc[b].off += (size_t)(b * T * s.row_stride) * kn_dtype_size(a.kvdt);
-        kg[b].kv_heads = kc[b].kv_heads = a.kvh;
-        kg[b].dk = kc[b].dk = a.dk;
-        kg[b].dv = kc[b].dv = a.dv;
-        kg[b].k_off = kc[b].k_off = 0;
-        kg[b].v_off = kc[b].v_off = (int64_t)a.kvh * a.dk;
+        kg[b].off += at;
+        kc[b].off += at;
+        kv_heads_of(&kg[b], a);
+        kv_heads_of(&kc[b], a);
     }
-    int64_t rows = (int64_t)nb * a.nq;
-    tp q = mk(rows, (int64_t)a.hq * a.dk, (int64_t)a.hq * a.dk), out = mk(rows, (int64_t)a.hq * a.dv, (int64_t)a.hq * a.dv);
-    put_rnd(&q, 3.0f);
-    float scale = 1.0f / sqrtf((float)a.dk);
-    ok_both(kn_attention_batch(gpu, out.g, q.g, kg, nb, a.hq, scale),
-            kn_attention_batch(cpu, out.c, q.c, kc, nb, a.hq, scale), "attention_batch", what);
-    const char *path = kn_cuda_attention_last(gpu);
-    char op[64];
-    snprintf(op, sizeof op, "attention_batch:%s", path);
-    if (a.kvdt == KN_BF16 && gdt == KN_BF16 && !strncmp(kn_cuda_attention_variant(gpu), "cudnn", 5))
-        CHECK(strstr(path, "batch-direct") != NULL, "attention_batch %s: last run on %s, not in place", what, path);
-    cmp(op, what, &out, 0);
-    drop(&q), drop(&out), drop(&s.pool);
+    run_attention_batch(a, kg, kc, nb, what, "batch-direct");
+    drop(&s.pool);
 }
 
 static void attention_batch_suite(void)
