@@ -45,6 +45,22 @@ typedef struct {
     int oom;
 } wlist;
 
+/* The array v of n elements (capacity *cap, doubling from `first`) with room for one more: v itself
+ * or its larger copy, or NULL with l->oom set (v is then left as it was). */
+static void *room(wlist *l, void *v, int n, int *cap, size_t size, int first)
+{
+    if (n < *cap)
+        return v;
+    int c = *cap ? 2 * *cap : first;
+    void *p = realloc(v, size * (size_t)c);
+    if (!p) {
+        l->oom = 1;
+        return NULL;
+    }
+    *cap = c;
+    return p;
+}
+
 static void add(wlist *l, kn_tensor *dst, init_kind init, int64_t fan_in, int ndim, const int64_t *shape,
                 const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 
@@ -52,16 +68,10 @@ static void add(wlist *l, kn_tensor *dst, init_kind init, int64_t fan_in, int nd
 static void add(wlist *l, kn_tensor *dst, init_kind init, int64_t fan_in, int ndim, const int64_t *shape,
                 const char *fmt, ...)
 {
-    if (l->n == l->cap) {
-        int cap = l->cap ? 2 * l->cap : 256;
-        wspec *v = realloc(l->v, sizeof *v * (size_t)cap);
-        if (!v) {
-            l->oom = 1;
-            return;
-        }
-        l->v = v;
-        l->cap = cap;
-    }
+    wspec *grown = room(l, l->v, l->n, &l->cap, sizeof *l->v, 256);
+    if (!grown)
+        return;
+    l->v = grown;
     wspec *s = &l->v[l->n++];
     memset(s, 0, sizeof *s);
     va_list ap;
@@ -114,16 +124,10 @@ static void fuse(wlist *l, eng_linear *F, eng_linear *const *parts, int n)
         }
     }
     for (int k = 0; k < 1 + bias; k++) {
-        if (l->np == l->pcap) {
-            int cap = l->pcap ? 2 * l->pcap : 64;
-            wparent *v = realloc(l->p, sizeof *v * (size_t)cap);
-            if (!v) {
-                l->oom = 1;
-                return;
-            }
-            l->p = v;
-            l->pcap = cap;
-        }
+        wparent *grown = room(l, l->p, l->np, &l->pcap, sizeof *l->p, 64);
+        if (!grown)
+            return;
+        l->p = grown;
         l->p[l->np++] = k == 0 ? (wparent){&F->w, rows, in} : (wparent){&F->b, 1, rows};
     }
 }
