@@ -251,11 +251,14 @@ kn_status cpu_copy(kn_backend_t *be, kn_tensor y, kn_tensor x)
  * ds = 2*(d/6): pairs [0, dt/2) rotate by the frame index with freq theta^(-2k/dt), the next ds/2
  * by the row, the last ds/2 by the column, with freq theta^(-2k/ds). Angles and the product in
  * float64, as Wan does. */
-/* The angle frequency of each of the d/2 pairs (docs/MODEL.md §4): the first dt/2 pairs turn with
- * the frame index, the next ds/2 with the row, the last ds/2 with the column. */
-static void rope_freqs(double *freq, int d, double theta, int *pt, int *ps)
+/* The angle frequency of each of the d/2 pairs (docs/MODEL.md §4) into freq[512]: the first dt/2
+ * pairs turn with the frame index, the next ds/2 with the row, the last ds/2 with the column.
+ * KN_ERR_UNSUPPORTED (named after op) for heads over 1024 wide. */
+static kn_status rope_freqs(kn_backend_t *be, const char *op, double *freq, int d, double theta, int *pt, int *ps)
 {
     int half = d / 2, dt = d - 4 * (d / 6), ds = 2 * (d / 6);
+    if (half > 512)
+        return kn_fail(be, KN_ERR_UNSUPPORTED, "%s: head width %d over 1024", op, d);
     *pt = dt / 2;
     *ps = ds / 2;
     for (int j = 0; j < half; j++) {
@@ -266,6 +269,7 @@ static void rope_freqs(double *freq, int d, double theta, int *pt, int *ps)
         else
             freq[j] = pow(theta, -2.0 * (j - *pt - *ps) / ds);
     }
+    return KN_OK;
 }
 
 /* The position pair j turns with: the frame, the row or the column. */
@@ -280,9 +284,9 @@ kn_status cpu_rope3d(kn_backend_t *be, kn_tensor x, int heads, int f0, int nf, i
     F32_ONLY(x, "rope3d");
     int d = (int)(x.cols / heads), half = d / 2, pt, ps;
     double freq[512];
-    if (half > 512)
-        return kn_fail(be, KN_ERR_UNSUPPORTED, "rope3d: head width %d over 1024", d);
-    rope_freqs(freq, d, theta, &pt, &ps);
+    kn_status st = rope_freqs(be, "rope3d", freq, d, theta, &pt, &ps);
+    if (st != KN_OK)
+        return st;
     int64_t n = 0;
     for (int f = 0; f < nf; f++)
         for (int yy = 0; yy < gh; yy++)
@@ -311,9 +315,9 @@ kn_status cpu_rope3d_table(kn_backend_t *be, kn_tensor table, const int *f0, int
 {
     int d = (int)table.cols, half = d / 2, pt, ps;
     double freq[512];
-    if (half > 512)
-        return kn_fail(be, KN_ERR_UNSUPPORTED, "rope3d_table: head width %d over 1024", d);
-    rope_freqs(freq, d, theta, &pt, &ps);
+    kn_status st = rope_freqs(be, "rope3d_table", freq, d, theta, &pt, &ps);
+    if (st != KN_OK)
+        return st;
     int64_t r = 0;
     for (int s = 0; s < n; s++)
         for (int f = 0; f < nf; f++)

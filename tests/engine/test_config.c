@@ -13,6 +13,7 @@
 #include "engine/safetensors.h"
 #include "engine/weights.h"
 #include "tests/check.h"
+#include "tests/tmpdir.h"
 
 static char tmpdir[256], gdir[512];
 
@@ -223,17 +224,11 @@ int main(void)
 {
     const char *src = getenv("VMLA_SOURCE_DIR");
     snprintf(gdir, sizeof gdir, "%s/tests/golden", src ? src : ".");
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/vmla-test-config-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (tmpdir_make(tmpdir, sizeof tmpdir, "vmla-test-config"))
         return 1;
-    }
     test_parser_good();
     test_parser_bad();
     test_files();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        printf("could not remove %s\n", tmpdir);
+    tmpdir_remove(tmpdir);
     return check_done();
 }

@@ -12,6 +12,7 @@
 #include "engine/safetensors.h"
 #include "kernels/backend_impl.h" /* kn_f32_to_bf16 for the bf16 weight file */
 #include "tests/check.h"
+#include "tests/tmpdir.h"
 
 static kn_backend_t *be;
 static char gdir[512], tmpdir[256];
@@ -450,11 +451,8 @@ int main(void)
 {
     const char *src = getenv("VMLA_SOURCE_DIR");
     snprintf(gdir, sizeof gdir, "%s/tests/golden", src ? src : ".");
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/vmla-test-engine-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (tmpdir_make(tmpdir, sizeof tmpdir, "vmla-test-engine"))
         return 1;
-    }
     be = kn_cpu_backend_new();
     test_determinism_and_batching("tiny-test");
     test_determinism_and_batching("tiny-test-mla");
@@ -464,9 +462,6 @@ int main(void)
     test_weight_files();
     test_kv_dtype_noise_frames();
     kn_backend_free(be);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        printf("note: could not remove %s\n", tmpdir);
+    tmpdir_remove(tmpdir);
     return check_done();
 }
