@@ -28,6 +28,7 @@ struct eng_stream {
     int64_t chunk; /* chunk in progress */
     int step;      /* 0..K-1 denoising, K = cache pass */
     int in_chunk;
+    uint64_t ctx_id; /* this chunk, unique in the engine (keys the model's MLA rebuild cache) */
     int64_t chunks_done;
     int64_t passes; /* forward passes this stream took part in */
     eng_noise_fn noise;
@@ -63,6 +64,7 @@ struct eng_engine {
     kn_buffer_t *hostf_buf;
     uint64_t next_id;
     int64_t drains; /* times the host waited for the backend to finish everything (eng_drains) */
+    uint64_t chunk_serial; /* stream-chunks begun (eng_fwd_item.ctx_id) */
     eng_vocab vocab; /* vocabulary mode when vocab.n > 0 (from the weight file) */
     eng_trace_cb trace;
     void *trace_user;
@@ -321,6 +323,13 @@ void eng_close(eng_engine_t *e)
 
 const eng_config *eng_get_config(const eng_engine_t *e) { return &e->c; }
 int eng_mla_rebuild(const eng_engine_t *e) { return e->m.mla_rebuild; }
+
+void eng_rebuild_cache_stats(const eng_engine_t *e, int *slots, size_t *slot_bytes, int64_t *reuses)
+{
+    *slots = e->m.rbc_slots;
+    *slot_bytes = e->m.rbc_slots ? e->m.rbc_slot_bytes : 0;
+    *reuses = e->m.rbc_reuses;
+}
 kn_backend_t *eng_backend(const eng_engine_t *e) { return e->be; }
 const char *eng_error(const eng_engine_t *e) { return e->err; }
 int eng_video_width(const eng_engine_t *e) { return eng_model_out_w(&e->m); }
@@ -637,6 +646,7 @@ static eng_status begin_chunk(eng_stream_t *s)
         return ENG_ERR_POOL; /* not sticky: the stream may run once pages are free */
     }
     s->in_chunk = 1;
+    s->ctx_id = ++e->chunk_serial;
     if (load_noise(s, 0) != KN_OK || kn_copy(e->be, s->x, s->eps) != KN_OK) {
         stream_fail(s, ENG_ERR_BACKEND, "noise: %s", kn_backend_error(e->be));
         return s->status;
@@ -717,6 +727,8 @@ eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n)
             .f0 = (int)(s->chunk * c->chunk_frames),
             .cache = &s->kv,
             .ctx_kv = s->ctx_kv,
+            .ctx_id = s->ctx_id,
+            .last_pass = !denoise,
         };
         cache_only &= !denoise;
         run[nr++] = s;

@@ -64,6 +64,10 @@ enum { ENG_MLA_AUTO = 0, ENG_MLA_ABSORB = 1, ENG_MLA_REBUILD = 2 };
 void eng_options_default(eng_options *o);
 /* Whether this engine's MLA attention rebuilds per-head keys/values (1) or absorbs (0). */
 int eng_mla_rebuild(const eng_engine_t *e);
+/* The MLA rebuild cache (a chunk's context rebuilt once, at its first pass, and kept for the others;
+ * engine/model.h): slots, bytes a slot, and the stream-passes that found their context rebuilt.
+ * All 0 without the cache (absorb, per-head, or $VMLA_MLA_REBUILD_CACHE_BYTES too small). */
+void eng_rebuild_cache_stats(const eng_engine_t *e, int *slots, size_t *slot_bytes, int64_t *reuses);
 
 /* Open an engine on backend `be` (borrowed; must outlive the engine). Loads or draws the
  * weights, allocates the KV pool and every activation. On failure *out = NULL and err holds the

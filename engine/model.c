@@ -56,8 +56,7 @@ static int acts(eng_model *m, act *a)
     if (c->layout == ENG_LAYOUT_MHA) {
         A(k, Nt, D);
     } else {
-        A(ckv, Nt, c->d_c);
-        A(kr, Nt, c->d_r);
+        A(ckr, Nt, c->d_c + c->d_r);
         A(qt, Nt, H * c->d_c);
         A(qa, Nt, H * ((c->d_c > dh ? c->d_c : dh) + c->d_r));
         A(olat, Nt, H * c->d_c);
@@ -132,12 +131,52 @@ static int init_rebuild(eng_model *m, char *err, size_t errlen)
     return 0;
 }
 
+/* The rebuild cache (model.h): as many slots as its budget holds, at most max_batch; none when not
+ * even one fits. */
+static int init_rebuild_cache(eng_model *m, char *err, size_t errlen)
+{
+    const eng_config *c = m->c;
+    int64_t tmax = (int64_t)(c->sink + c->window) * (m->h / 2) * (m->wd / 2);
+    int64_t wk = (int64_t)c->heads * (2 * c->head_dim + c->d_r);
+    kn_dtype dt = kn_backend_compute_dtype(m->be);
+    size_t budget = ENG_REBUILD_CACHE_BYTES;
+    const char *env = getenv("VMLA_MLA_REBUILD_CACHE_BYTES");
+    if (env && *env)
+        budget = (size_t)strtoull(env, NULL, 10);
+    size_t slot = (size_t)c->layers * (size_t)tmax * (size_t)wk * kn_dtype_size(dt);
+    int64_t ns = slot ? (int64_t)(budget / slot) : 0;
+    if (ns > m->max_batch)
+        ns = m->max_batch;
+    if (ns < 1)
+        return 0;
+    int64_t rows = (int64_t)c->layers * ns * tmax;
+    size_t bytes = kn_arena_bytes(dt, rows, wk);
+    m->rbc_id = calloc((size_t)ns, sizeof *m->rbc_id);
+    m->rbc_used = calloc((size_t)ns, sizeof *m->rbc_used);
+    m->rbc_ready = calloc((size_t)ns, 1);
+    m->rbc_buf = m->rbc_id && m->rbc_used && m->rbc_ready ? kn_buffer_alloc(m->be, bytes) : NULL;
+    if (!m->rbc_buf) {
+        snprintf(err, errlen, "MLA rebuild cache: cannot allocate %zu bytes (%lld slots; "
+                 "VMLA_MLA_REBUILD_CACHE_BYTES sets its budget)", bytes, (long long)ns);
+        return -1;
+    }
+    kn_arena a;
+    kn_arena_init(&a, m->rbc_buf);
+    kn_arena_tensor(&a, &m->rbc, dt, rows, wk); /* sized above */
+    m->rbc_slots = (int)ns;
+    m->rbc_tmax = tmax;
+    m->rbc_slot_bytes = slot;
+    return 0;
+}
+
 int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const eng_weights *w,
                    kv_pool_t *pool, int max_batch, int F, int h, int wd, int mla_rebuild, char *err,
                    size_t errlen)
 {
     memset(m, 0, sizeof *m);
     m->mla_rebuild = c->layout == ENG_LAYOUT_MLA && mla_rebuild;
+    for (int i = 0; i < ENG_FWD_MAX; i++)
+        m->fwd_slot[i] = -1; /* no rebuild cache slot until rbc_assign gives one */
     m->c = c;
     m->be = be;
     m->w = w;
@@ -174,6 +213,10 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
             return -1;
         }
     m->proj = m->ff; /* acts(): ff is wide enough for both */
+    if (c->layout == ENG_LAYOUT_MLA) { /* c | k_r side by side: one KV store, one rebuild input */
+        m->ckv = kn_cols(m->ckr, 0, c->d_c);
+        m->kr = kn_cols(m->ckr, c->d_c, c->d_r);
+    }
     /* constants */
     float zeros[4096] = {0}, half[64];
     if (c->text_dim > 4096 || 3 * c->dec_t_up > 64) {
@@ -188,7 +231,7 @@ int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const en
         eng_model_free(m);
         return -1;
     }
-    if (m->mla_rebuild && init_rebuild(m, err, errlen)) {
+    if (m->mla_rebuild && (init_rebuild(m, err, errlen) || init_rebuild_cache(m, err, errlen))) {
         eng_model_free(m);
         return -1;
     }
@@ -205,6 +248,15 @@ void eng_model_free(eng_model *m)
     m->kw_buf = NULL;
     free(m->kw);
     m->kw = NULL;
+    if (m->rbc_buf)
+        kn_buffer_free(m->be, m->rbc_buf);
+    m->rbc_buf = NULL;
+    free(m->rbc_id);
+    free(m->rbc_used);
+    free(m->rbc_ready);
+    m->rbc_id = m->rbc_used = NULL;
+    m->rbc_ready = NULL;
+    m->rbc_slots = 0;
 }
 
 static const kn_tensor *bias(const eng_linear *l) { return l->b.buf ? &l->b : NULL; }
@@ -246,6 +298,121 @@ static kn_kv rows_kv(kn_tensor t, int heads, int dk, int dv, int64_t v_off)
     return kv;
 }
 
+/* MLA rebuild, streams b0..b1 without a cache slot: for as many as lat_tmp holds, gather each
+ * window's latent rows (one kn_kv_load over its pages) one after the other, make every head's key
+ * [k_c,h | k_r] and value for all of them with one GEMM, and attend as per-head attention, one
+ * batched call (consecutive windows of one length are one uniform block for the backend). */
+static kn_status rebuild_each_pass(eng_model *m, int layer, const kn_kv *kvs, int b0, int b1, kn_tensor att,
+                                   kn_tensor qa, float scale)
+{
+    const eng_config *c = m->c;
+    kn_backend_t *be = m->be;
+    int H = c->heads, dh = c->head_dim, dr = c->d_r, N = m->N;
+    int64_t cap = m->lat_tmp.rows, kw_cols = (int64_t)H * (dh + dr);
+    for (int e0 = b0, e1; e0 < b1; e0 = e1) {
+        int64_t rows = 0, off[ENG_FWD_MAX];
+        for (e1 = e0; e1 < b1 && (e1 == e0 || rows + kvs[e1].n_tokens <= cap); e1++) {
+            off[e1] = rows;
+            TRY(kn_kv_load(be, kn_rows(m->lat_tmp, rows, kvs[e1].n_tokens), &kvs[e1], 0, 0));
+            rows += kvs[e1].n_tokens;
+        }
+        kn_tensor kvr = kn_rows(m->kvr, 0, rows);
+        TRY(kn_linear(be, kvr, kn_rows(m->lat_tmp, 0, rows), m->kw[layer], NULL)); /* [rows, keys | values] */
+        kn_kv rk[ENG_FWD_MAX];
+        for (int b = e0; b < e1; b++)
+            rk[b - e0] = rows_kv(kn_rows(kvr, off[b], kvs[b].n_tokens), H, dh + dr, dh, kw_cols);
+        TRY(kn_attention_batch(be, kn_rows(att, (int64_t)e0 * N, (int64_t)(e1 - e0) * N),
+                               kn_rows(qa, (int64_t)e0 * N, (int64_t)(e1 - e0) * N), rk, e1 - e0, H, scale));
+    }
+    return KN_OK;
+}
+
+/* MLA rebuild, streams b0..b1 with a cache slot (model.h): the chunk's own rows are rebuilt from
+ * the latent just computed (ckr, the values just stored) into rows [0, N) of the slot's region; at
+ * the chunk's first pass the context's latent rows are gathered from the pages and rebuilt into
+ * rows [N, N + context); then one batched attention over the regions (keys in that order: the
+ * order of keys does not change attention). */
+static kn_status rebuild_cached(eng_model *m, int layer, const eng_fwd_item *it, const kn_kv *kvs, int b0, int b1,
+                                kn_tensor att, kn_tensor qa, kn_tensor ckr, float scale)
+{
+    const eng_config *c = m->c;
+    kn_backend_t *be = m->be;
+    int H = c->heads, dh = c->head_dim, dr = c->d_r, N = m->N;
+    int64_t kw_cols = (int64_t)H * (dh + dr);
+    kn_kv rk[ENG_FWD_MAX];
+    for (int b = b0; b < b1; b++) {
+        kn_tensor reg = kn_rows(m->rbc, ((int64_t)layer * m->rbc_slots + m->fwd_slot[b]) * m->rbc_tmax, m->rbc_tmax);
+        int64_t ctx = kv_stream_context_tokens(it[b].cache);
+        TRY(kn_linear(be, kn_rows(reg, 0, N), kn_rows(ckr, (int64_t)b * N, N), m->kw[layer], NULL));
+        if (m->fwd_fill[b] && ctx > 0) {
+            TRY(kn_kv_load(be, kn_rows(m->lat_tmp, 0, ctx), &kvs[b], 0, 0));
+            TRY(kn_linear(be, kn_rows(reg, N, ctx), kn_rows(m->lat_tmp, 0, ctx), m->kw[layer], NULL));
+        }
+        rk[b - b0] = rows_kv(kn_rows(reg, 0, N + ctx), H, dh + dr, dh, kw_cols);
+    }
+    return kn_attention_batch(be, kn_rows(att, (int64_t)b0 * N, (int64_t)(b1 - b0) * N),
+                              kn_rows(qa, (int64_t)b0 * N, (int64_t)(b1 - b0) * N), rk, b1 - b0, H, scale);
+}
+
+/* Before a forward: each item's rebuild cache slot. An item keeps the slot of its stream-chunk;
+ * one without takes the lowest free slot, else the least recently used one no item of this
+ * forward holds, else none (rebuilt every pass). A new slot's context rows are built this pass. */
+static void rbc_assign(eng_model *m, const eng_fwd_item *it, int n)
+{
+    m->fwd_serial++;
+    for (int b = 0; b < n; b++) {
+        m->fwd_slot[b] = -1;
+        m->fwd_fill[b] = 0;
+        for (int s = 0; s < m->rbc_slots && it[b].ctx_id; s++)
+            if (m->rbc_id[s] == it[b].ctx_id) {
+                m->fwd_slot[b] = s;
+                m->fwd_fill[b] = !m->rbc_ready[s];
+                m->rbc_used[s] = m->fwd_serial;
+                m->rbc_reuses += m->rbc_ready[s];
+            }
+    }
+    for (int b = 0; b < n; b++) {
+        if (m->fwd_slot[b] >= 0 || !it[b].ctx_id)
+            continue;
+        int best = -1;
+        for (int s = 0; s < m->rbc_slots; s++) {
+            if (m->rbc_used[s] == m->fwd_serial)
+                continue; /* held by an item of this forward */
+            if (!m->rbc_id[s]) {
+                best = s;
+                break;
+            }
+            if (best < 0 || m->rbc_used[s] < m->rbc_used[best])
+                best = s;
+        }
+        if (best < 0)
+            continue;
+        m->rbc_id[best] = it[b].ctx_id;
+        m->rbc_ready[best] = 0;
+        m->rbc_used[best] = m->fwd_serial;
+        m->fwd_slot[b] = best;
+        m->fwd_fill[b] = 1;
+    }
+}
+
+/* After a forward: the filled slots are ready (or, when it failed, free again); the slot of a
+ * chunk's last pass is free for the next chunk. */
+static void rbc_finish(eng_model *m, const eng_fwd_item *it, int n, kn_status st)
+{
+    for (int b = 0; b < n; b++) {
+        int s = m->fwd_slot[b];
+        if (s < 0)
+            continue;
+        if (st == KN_OK)
+            m->rbc_ready[s] = 1;
+        if ((st != KN_OK && m->fwd_fill[b]) || (st == KN_OK && it[b].last_pass)) {
+            m->rbc_id[s] = 0;
+            m->rbc_ready[s] = 0;
+        }
+        m->fwd_slot[b] = -1;
+    }
+}
+
 /* ---- self-attention ----------------------------------------------------------------------------
  * Per-head: q, k after RMSNorm over the full width then RoPE; k, v stored in the chunk's pages;
  * attention over the context + chunk pages.
@@ -254,7 +421,7 @@ static kn_kv rows_kv(kn_tensor t, int heads, int dk, int dv, int64_t v_off)
  * and each head's query [q~_h | q_r,h] meets the one shared key [c | k_r] (multi-query attention,
  * scale 1/sqrt(dh + dr)); the latent output o_h = sum p c is mapped by v_up[h rows]. */
 static kn_status self_attention(eng_model *m, const eng_block_weights *B, int layer,
-                                const eng_fwd_item *it, int n, kn_tensor xn, kn_tensor out)
+                                const eng_fwd_item *it, int n, kn_tensor xn, kn_tensor out, int store_only)
 {
     const eng_config *c = m->c;
     kn_backend_t *be = m->be;
@@ -282,13 +449,15 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
             TRY(kn_kv_store(be, &kv, t0, D, kn_rows(v, (int64_t)b * N, N)));
             kvs[b] = kv;
         }
+        if (store_only)
+            return KN_OK;
         /* every stream over its own pages, one call (a backend batches what it can) */
         TRY(kn_attention_batch(be, att, q, kvs, n, H, 1.0f / sqrtf((float)dh)));
         return linear(m, out, att, &B->o);
     }
     int dc = c->d_c, dr = c->d_r;
     kn_tensor qc = kn_cols(kn_rows(m->q, 0, Nt), 0, (int64_t)H * dh);
-    kn_tensor ckv = kn_rows(m->ckv, 0, Nt), kr = kn_rows(m->kr, 0, Nt);
+    kn_tensor ckr = kn_rows(m->ckr, 0, Nt), ckv = kn_rows(m->ckv, 0, Nt), kr = kn_rows(m->kr, 0, Nt);
     kn_tensor qt = kn_rows(m->qt, 0, Nt), qa, olat = kn_rows(m->olat, 0, Nt);
     kn_tensor rope = kn_rows(m->rope, 0, Nt);
     /* the query, per head [q_lat,h | q_r,h]: q_lat,h = q_c,h @ k_up[h rows] (absorb, dc wide) or
@@ -324,31 +493,18 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         kv.k_off = 0;
         kv.v_off = 0;
         int64_t t0 = kv_stream_context_tokens(it[b].cache);
-        TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(ckv, (int64_t)b * N, N)));
-        TRY(kn_kv_store(be, &kv, t0, dc, kn_rows(kr, (int64_t)b * N, N)));
+        TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(ckr, (int64_t)b * N, N))); /* [c | k_r] */
         kvs[b] = kv;
     }
-    /* rebuild: for as many streams as lat_tmp holds, gather each window's latent rows (one
-     * kn_kv_load over its pages) one after the other, make every head's key [k_c,h | k_r] and
-     * value for all of them with one GEMM, and attend as per-head attention, one batched call
-     * (consecutive windows of one length are one uniform block for the backend) */
-    int64_t cap = m->lat_tmp.rows, kw_cols = (int64_t)H * (dh + dr);
-    for (int b0 = 0; m->mla_rebuild && b0 < n;) {
-        int64_t rows = 0, off[ENG_FWD_MAX];
-        int b1 = b0;
-        while (b1 < n && (b1 == b0 || rows + kvs[b1].n_tokens <= cap)) {
-            off[b1] = rows;
-            TRY(kn_kv_load(be, kn_rows(m->lat_tmp, rows, kvs[b1].n_tokens), &kvs[b1], 0, 0));
-            rows += kvs[b1++].n_tokens;
-        }
-        kn_tensor kvr = kn_rows(m->kvr, 0, rows);
-        TRY(kn_linear(be, kvr, kn_rows(m->lat_tmp, 0, rows), m->kw[layer], NULL)); /* [rows, keys | values] */
-        kn_kv rk[ENG_FWD_MAX];
-        for (int b = b0; b < b1; b++)
-            rk[b - b0] = rows_kv(kn_rows(kvr, off[b], kvs[b].n_tokens), H, dh + dr, dh, kw_cols);
-        TRY(kn_attention_batch(be, kn_rows(att, (int64_t)b0 * N, (int64_t)(b1 - b0) * N),
-                               kn_rows(qa, (int64_t)b0 * N, (int64_t)(b1 - b0) * N), rk, b1 - b0, H, scale));
-        b0 = b1;
+    if (store_only)
+        return KN_OK;
+    for (int b0 = 0, b1; m->mla_rebuild && b0 < n; b0 = b1) {
+        /* runs of streams with a cache slot and without */
+        int cached = m->fwd_slot[b0] >= 0;
+        for (b1 = b0 + 1; b1 < n && (m->fwd_slot[b1] >= 0) == cached;)
+            b1++;
+        TRY(cached ? rebuild_cached(m, layer, it, kvs, b0, b1, att, qa, ckr, scale)
+                   : rebuild_each_pass(m, layer, kvs, b0, b1, att, qa, scale));
     }
     if (!m->mla_rebuild) {
         TRY(kn_attention_batch(be, olat, qa, kvs, n, H, scale));
@@ -365,7 +521,7 @@ static kn_kv ctx_kv_source(const eng_model *m, kn_tensor ctx_kv, int layer)
     return rows_kv(lk, c->heads, c->dim / c->heads, c->dim / c->heads, c->dim);
 }
 
-kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cache_only)
+static kn_status forward_pass(eng_model *m, const eng_fwd_item *it, int n, int cache_only)
 {
     const eng_config *c = m->c;
     const eng_weights *w = m->w;
@@ -417,9 +573,10 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
         TRY(kn_axpby(be, mod, 1.0f, e0, 1.0f, &modw));
         /* x += SA(LN(x) * (1 + scale1) + shift1) * gate1 */
         TRY(kn_layernorm_modulate(be, xn, x, MOD(0), MOD(1), c->eps));
-        TRY(self_attention(m, B, l, it, n, xn, y));
+        /* a cache pass needs the last layer's keys only: nothing after their store */
+        TRY(self_attention(m, B, l, it, n, xn, y, cache_only && l == c->layers - 1));
         if (cache_only && l == c->layers - 1)
-            break; /* the last layer's keys are written: nothing after them is needed */
+            break;
         kn_tensor g1 = MOD(2);
         TRY(kn_gate_add(be, x, y, &g1));
         /* x += CA(norm3(x), ctx) */
@@ -462,6 +619,18 @@ kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cac
     for (int b = 0; b < n; b++)
         TRY(kn_unpatchify(be, it[b].out, kn_rows(hout, (int64_t)b * N, N), c->in_ch, m->F, m->h, m->wd));
     return KN_OK;
+}
+
+kn_status eng_model_forward(eng_model *m, const eng_fwd_item *it, int n, int cache_only)
+{
+    if (n <= 0 || n > m->max_batch || n > ENG_FWD_MAX)
+        return KN_ERR_ARG; /* the engine checks the batch size before calling */
+    if (!m->rbc_slots)
+        return forward_pass(m, it, n, cache_only);
+    rbc_assign(m, it, n);
+    kn_status st = forward_pass(m, it, n, cache_only);
+    rbc_finish(m, it, n, st);
+    return st;
 }
 
 kn_status eng_model_context(eng_model *m, const int32_t *ids, kn_tensor ctx_kv)

@@ -7,6 +7,8 @@
 #ifndef VMLA_ENGINE_MODEL_H
 #define VMLA_ENGINE_MODEL_H
 
+#include <stdint.h>
+
 #include "engine/config.h"
 #include "engine/kvpool.h"
 #include "engine/weights.h"
@@ -22,7 +24,13 @@ typedef struct {
     int f0;              /* absolute index of the chunk's first latent frame */
     const kv_stream *cache; /* page table: context frames then the chunk's frames */
     kn_tensor ctx_kv;    /* [layers * text_len, 2*dim]: cross-attention keys | values */
+    uint64_t ctx_id;     /* this stream-chunk, unique in the engine (0: none); keys the MLA rebuild
+                            cache */
+    int last_pass;       /* the chunk's last pass: its rebuild cache slot is freed after it */
 } eng_fwd_item;
+
+/* The most streams one forward takes (engine.h: max_batch is at most this). */
+#define ENG_FWD_MAX 64
 
 typedef struct {
     const eng_config *c;
@@ -36,12 +44,29 @@ typedef struct {
     kn_tensor tok, x, xn, q, k, att, y, ff, hout;
     kn_tensor proj; /* the fused self-attention projections [B*N, q|k|v or q_c|q_r|c|k_r]: ff's memory */
     kn_tensor rope; /* [B*N, d] f32: (cos, sin) of every token's RoPE pairs, for the pass's streams */
-    kn_tensor ckv, kr, qt, qa, olat; /* MLA */
+    kn_tensor ckr, ckv, kr, qt, qa, olat; /* MLA; ckv | kr are the two column ranges of ckr */
     int mla_rebuild;   /* MLA attention: 1 rebuild per-head K/V from the latent window, 0 absorb */
     int rebuild_streams; /* rebuild: windows rebuilt at once (as many as ENG_REBUILD_BYTES hold, at
                             most max_batch) */
     kn_tensor lat_tmp; /* rebuild: [rebuild_streams*T_max, dc+dr] windows' latent rows, gathered */
     kn_tensor kvr;     /* rebuild: [rebuild_streams*T_max, H*(dh+dr) + H*dh] per-head keys | values */
+    /* rebuild cache: a stream-chunk's context (sink + window frames before the chunk) has the same
+     * latent at every pass of the chunk, so its rebuilt keys | values are made at the chunk's first
+     * pass and kept. Per slot and layer a region of T_max rows: [0, N) the chunk's own tokens
+     * (rebuilt every pass), [N, N + context) the context. Layer-major, so one layer's slots lie
+     * T_max rows apart (a batch in consecutive slots is one strided block for the backend). */
+    kn_buffer_t *rbc_buf;
+    kn_tensor rbc;             /* [layers * rbc_slots * T_max, H*(dh+dr) + H*dh] */
+    int rbc_slots;             /* 0: no cache */
+    int64_t rbc_tmax;
+    uint64_t *rbc_id;          /* per slot: the stream-chunk it holds, 0 free */
+    uint64_t *rbc_used;        /* per slot: the forward that last used it (eviction) */
+    unsigned char *rbc_ready;  /* per slot: its context rows are built for every layer */
+    uint64_t fwd_serial;
+    int64_t rbc_reuses;        /* item-passes that found their context rows built */
+    size_t rbc_slot_bytes;
+    int fwd_slot[ENG_FWD_MAX]; /* this forward: each item's slot, or -1 (rebuilt every pass) */
+    unsigned char fwd_fill[ENG_FWD_MAX]; /* this forward builds the item's context rows */
     kn_buffer_t *kw_buf;
     kn_tensor *kw;     /* rebuild, per layer: [H*(dh+dr) + H*dh, dc+dr] = [per head [k_up_h 0; 0 I_dr];
                           v_up 0]: one GEMM gives every head's key and value */
@@ -64,8 +89,9 @@ void eng_model_free(eng_model *m);
  * at most this, or one window when one window is more ($VMLA_MLA_REBUILD_BYTES overrides it: tests). */
 #define ENG_REBUILD_BYTES ((size_t)1 << 30)
 
-/* The most streams one forward takes (engine.h: max_batch is at most this). */
-#define ENG_FWD_MAX 64
+/* The MLA rebuild cache holds at most this ($VMLA_MLA_REBUILD_CACHE_BYTES overrides it; 0 turns the
+ * cache off), in slots of one stream-chunk's rebuilt context for every layer, at most max_batch. */
+#define ENG_REBUILD_CACHE_BYTES ((size_t)6 << 30)
 
 /* One forward for n streams. Writes each chunk's keys/values (or latents) into its pages.
  * cache_only: every item is a cache pass, so the head is skipped. */

@@ -38,8 +38,8 @@
  * one scratch [B, n, w], Q and O described in place (stream b's queries are rows b*nq..). One
  * stream's chunk at a preview size fills less than one wave of the GPU's SMs and costs a host round
  * of gather + execute; eight of them at once cost one (bench/RESULTS.md, fourth session). Windows
- * that already lie one after the other in one buffer (the MLA rebuild's keys and values) are
- * described in place instead ("batch-direct").
+ * that already lie at a fixed distance in one buffer (the MLA rebuild's keys and values, one
+ * after the other or in its cache's slots) are described in place instead ("batch-direct").
  *
  * Plans: an execution plan is built per shape (the key: every dim and stride, the form, the
  * mode) on first use, then cached (CACHE_N entries, oldest evicted): the hot path only fills a
@@ -95,6 +95,7 @@ typedef struct {
     int64_t hk, n, rs;        /* K/V: hk heads, n tokens, row stride rs */
     int64_t pt, np, nblk, ps; /* paged: page tokens, pages listed, pages in the container, page stride */
     int64_t nb;               /* streams in the call (the batch dimension); 0 for a one-stream call */
+    int64_t bs;               /* batch-direct: rows from one stream's window to the next (0: n) */
 } dnn_key;
 
 typedef struct {
@@ -353,6 +354,7 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
     b.st = CUDNN_STATUS_SUCCESS;
     cudnnDataType_t io = k->dt == KN_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
     const int64_t hq = k->hq, nq = k->nq, hk = k->hk, n = k->n, B = k->nb > 1 ? k->nb : 1;
+    const int64_t kvb = (k->bs ? k->bs : n) * k->rs; /* elements from one stream's K/V to the next */
     /* [batch, heads, tokens, d]: stream b's queries are rows b*nq.. of Q, its keys the b-th block of
      * n rows of the gathered K and V */
     int64_t qd[4] = {B, hq, nq, k->dk}, qs[4] = {nq * k->ldq, k->dk, k->ldq, 1};
@@ -377,8 +379,8 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
             SQ = b_tensor(&b, UID_SEQQ, i32, one, one, false, false, 16);
             SKV = b_tensor(&b, UID_SEQKV, i32, one, one, false, false, 16);
         } else {
-            int64_t kd[4] = {B, hk, n, k->dk}, ks[4] = {n * k->rs, k->dk, k->rs, 1};
-            int64_t vd[4] = {B, hk, n, k->dv}, vs[4] = {n * k->rs, k->dv, k->rs, 1};
+            int64_t kd[4] = {B, hk, n, k->dk}, ks[4] = {kvb, k->dk, k->rs, 1};
+            int64_t vd[4] = {B, hk, n, k->dv}, vs[4] = {kvb, k->dv, k->rs, 1};
             K = b_tensor(&b, UID_K, io, kd, ks, false, false, 16);
             V = b_tensor(&b, UID_V, io, vd, vs, false, false, 16);
         }
@@ -414,8 +416,8 @@ static int build_plan(struct cu_dnn *d, dnn_entry *e)
         /* composite: K enters transposed, KT [1, hk, dk, n]. Paged: KT and V are what two paged
          * loads make of the containers (virtual, packed), and a padding mask built from the
          * sequence lengths hides nothing but is what cuDNN's paged flash engines expect. */
-        int64_t kd[4] = {B, hk, k->dk, n}, ks[4] = {n * k->rs, k->dk, 1, k->rs};
-        int64_t vd[4] = {B, hk, n, k->dv}, vs[4] = {n * k->rs, k->dv, k->rs, 1};
+        int64_t kd[4] = {B, hk, k->dk, n}, ks[4] = {kvb, k->dk, 1, k->rs};
+        int64_t vd[4] = {B, hk, n, k->dv}, vs[4] = {kvb, k->dv, k->rs, 1};
         int64_t sd[4] = {B, hq, nq, n}, ss[4] = {hq * nq * n, nq * n, n, 1};
         int64_t rd[4] = {B, hq, nq, 1}, rss[4] = {hq * nq, nq, 1, 1};
         cudnnBackendDescriptor_t KT, V, SQ = NULL, SKV = NULL;
@@ -870,14 +872,16 @@ kn_status cu_dnn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, c
     dnn_key key = dnn_key_of(out, q, kv, q_heads, r);
     int64_t lo, w, n = kv->n_tokens;
     key.nb = nb;
-    /* contiguous windows one after the other in one buffer (the MLA rebuild's): described in
-     * place, nothing gathered */
-    int uniform = 1;
+    /* contiguous windows at a fixed distance (whole rows, none overlapping) in one buffer (the
+     * MLA rebuild's: one after the other, or its cache's slots): described in place, nothing
+     * gathered */
+    size_t row_b = (size_t)kv->row_stride * 2, step = kv[1].off > kv->off ? kv[1].off - kv->off : 0;
+    int uniform = step >= (size_t)n * row_b && step % row_b == 0;
     for (int b = 0; b < nb && uniform; b++)
-        uniform = !kv[b].pages && kv[b].buf == kv->buf &&
-                  kv[b].off == kv->off + (size_t)b * (size_t)n * (size_t)kv->row_stride * 2;
+        uniform = !kv[b].pages && kv[b].buf == kv->buf && kv[b].off == kv->off + (size_t)b * step;
     if (uniform) {
         key.rs = kv->row_stride;
+        key.bs = (int64_t)(step / row_b);
         dnn_entry *e = dnn_plan(d, &key);
         if (!e)
             return KN_ERR_UNSUPPORTED;

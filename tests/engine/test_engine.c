@@ -188,6 +188,83 @@ static void test_mla_forms(void)
     eng_close(e[1]);
 }
 
+/* The MLA rebuild cache: a chunk's context rebuilt at its first pass and kept for the others gives
+ * the latents of rebuilding it every pass — alone, with a cache of one slot for two streams batched
+ * at different passes (slots taken, freed at a chunk's last pass, evicted), and off. */
+static void test_rebuild_cache(void)
+{
+    printf("tiny-test-mla: rebuild cache\n");
+    static float off[2][NCH][NLAT], on[NCH][NLAT], bat[2][NCH][NLAT];
+    const char *prompt[2] = {"a red square moving left", "a green cross moving up"};
+    setenv("VMLA_MLA_REBUILD_CACHE_BYTES", "0", 1);
+    eng_engine_t *e0 = open_engine_mla("tiny-test-mla", NULL, 2, 2, 0, ENG_MLA_REBUILD);
+    unsetenv("VMLA_MLA_REBUILD_CACHE_BYTES");
+    eng_engine_t *e1 = open_engine_mla("tiny-test-mla", NULL, 2, 2, 0, ENG_MLA_REBUILD);
+    if (!e0 || !e1)
+        goto out;
+    int slots;
+    size_t slot_bytes;
+    int64_t reuses;
+    eng_rebuild_cache_stats(e0, &slots, &slot_bytes, &reuses);
+    CHECK(slots == 0 && slot_bytes == 0, "a budget of 0 bytes: no cache (%d slots)", slots);
+    for (int k = 0; k < 2; k++)
+        alone(e0, 21 + k, prompt[k], off[k]);
+    eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &reuses);
+    CHECK(slots == 2 && slot_bytes > 0, "the default budget holds a slot for each of max_batch 2 (%d)", slots);
+    alone(e1, 21, prompt[0], on);
+    double d = 0;
+    for (int ch = 0; ch < NCH; ch++)
+        d = fmax(d, maxdiff(on[ch], off[0][ch], NLAT));
+    int64_t r1;
+    eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &r1);
+    printf("  cached vs rebuilt every pass, max |diff| over %d chunks: %.3g (%lld passes reused a context)\n", NCH,
+           d, (long long)r1);
+    CHECK(d < 1e-5, "the cache gives the latents of rebuilding every pass (max |diff| %.3g)", d);
+    CHECK(r1 >= 4 * (NCH - 1), "later passes reused the chunk's context (%lld)", (long long)r1);
+    eng_close(e1);
+    /* one slot for two streams at different passes: one stream cached, the other rebuilt every
+     * pass, the slot passing between them at chunk ends */
+    char b[32];
+    snprintf(b, sizeof b, "%zu", slot_bytes);
+    setenv("VMLA_MLA_REBUILD_CACHE_BYTES", b, 1);
+    e1 = open_engine_mla("tiny-test-mla", NULL, 2, 2, 0, ENG_MLA_REBUILD);
+    unsetenv("VMLA_MLA_REBUILD_CACHE_BYTES");
+    if (!e1)
+        goto out;
+    eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &reuses);
+    CHECK(slots == 1, "a budget of one slot: one slot (%d)", slots);
+    eng_stream_t *s[2] = {0};
+    CHECK(eng_stream_open(e1, 21, prompt[0], &s[0]) == ENG_OK && eng_stream_open(e1, 22, prompt[1], &s[1]) == ENG_OK,
+          "open two");
+    CHECK(eng_step(e1, &s[1], 1) == ENG_OK, "one pass of the second stream alone");
+    int got[2] = {0, 0};
+    for (int guard = 0; guard < 200 && (got[0] < NCH || got[1] < NCH); guard++) {
+        eng_stream_t *run[2];
+        int nr = 0;
+        for (int k = 0; k < 2; k++)
+            if (got[k] < NCH)
+                run[nr++] = s[k];
+        CHECK(eng_step(e1, run, nr) == ENG_OK, "batched step: %s", eng_error(e1));
+        for (int k = 0; k < 2; k++)
+            if (got[k] < NCH && eng_stream_take_frames(s[k]))
+                eng_stream_last_latent(s[k], bat[k][got[k]++], NLAT);
+    }
+    d = 0;
+    for (int k = 0; k < 2; k++)
+        for (int ch = 0; ch < NCH; ch++)
+            d = fmax(d, maxdiff(bat[k][ch], off[k][ch], NLAT));
+    eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &reuses);
+    printf("  two streams, one slot, batched at different passes vs alone: max |diff| %.3g (%lld reuses)\n", d,
+           (long long)reuses);
+    CHECK(d < 1e-5, "one slot for two streams: each equals alone (max |diff| %.3g)", d);
+    CHECK(reuses > 0, "the slot was used (%lld reuses)", (long long)reuses);
+    for (int k = 0; k < 2; k++)
+        eng_stream_close(s[k]);
+out:
+    eng_close(e0);
+    eng_close(e1);
+}
+
 static void test_prompt_switch(void)
 {
     printf("prompt switch\n");
@@ -457,6 +534,7 @@ int main(void)
     test_determinism_and_batching("tiny-test");
     test_determinism_and_batching("tiny-test-mla");
     test_mla_forms();
+    test_rebuild_cache();
     test_prompt_switch();
     test_limits_and_accounting();
     test_weight_files();

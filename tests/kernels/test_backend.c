@@ -652,15 +652,17 @@ static void t_attention_batch(attn_case a, int nb, const int64_t *lens, int want
 
 /* nb windows of T tokens that lie one after the other in one contiguous buffer (the MLA rebuild's
  * keys and values): on a cuDNN backend one call, described in place. */
-static void t_attention_batch_block(attn_case a, int nb, int64_t T)
+/* nb windows of T rows in one buffer, gap rows between one and the next (the MLA rebuild's windows
+ * one after the other: 0; its cache's slots: more) */
+static void t_attention_batch_block(attn_case a, int nb, int64_t T, int64_t gap)
 {
     char what[160];
-    snprintf(what, sizeof what, "%d windows of %lld in one block, nq%lld Hq%d dk%d dv%d [%s]", nb, (long long)T,
-             (long long)a.nq, a.hq, a.dk, a.dv, kn_cuda_attention_variant(gpu));
-    kvsrc s = make_kv(a.kvdt, nb * T, 0, (int64_t)a.kvh * (a.dk + a.dv));
+    snprintf(what, sizeof what, "%d windows of %lld in one block (gap %lld), nq%lld Hq%d dk%d dv%d [%s]", nb,
+             (long long)T, (long long)gap, (long long)a.nq, a.hq, a.dk, a.dv, kn_cuda_attention_variant(gpu));
+    kvsrc s = make_kv(a.kvdt, nb * (T + gap), 0, (int64_t)a.kvh * (a.dk + a.dv));
     kn_kv kg[8], kc[8];
     for (int b = 0; b < nb; b++) {
-        size_t at = (size_t)(b * T * s.row_stride) * kn_dtype_size(a.kvdt);
+        size_t at = (size_t)(b * (T + gap) * s.row_stride) * kn_dtype_size(a.kvdt);
         kg[b] = kv_of(&s, &s.pool, 1, T, 0);
         kc[b] = kv_of(&s, &s.pool, 0, T, 0);
         kg[b].off += at;
@@ -685,8 +687,9 @@ static void attention_batch_suite(void)
     t_attention_batch(ctx, 4, eq8, 1); /* contiguous sources in different buffers: cross-attention */
     t_attention_batch(odd, 2, eq3, 0); /* widths cuDNN does not take: one call a stream */
     const attn_case reb = {50, 3, 3, 192, 128, 0, 0, KN_BF16, 1}; /* rebuilt MLA: dh 128 + d_r 64 */
-    t_attention_batch_block(reb, 4, 390);
-    t_attention_batch_block(reb, 2, 1000);
+    t_attention_batch_block(reb, 4, 390, 0);
+    t_attention_batch_block(reb, 2, 1000, 0);
+    t_attention_batch_block(reb, 4, 300, 37); /* a power of two: one run (3 would be cut into 2 + 1) */
     attn_case f = mha;
     f.kvdt = KN_F32;
     t_attention_batch(f, 3, mixed, 0);
