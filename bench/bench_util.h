@@ -20,16 +20,18 @@ static inline int cmpd(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
-/* The CUDA backend's per-op profiler (kernels/cuda/cuda_prof.cu; VMLA_CUDA_PROFILE=1 installs it);
- * without CUDA, stand-ins that report no profiler. */
+/* The CUDA backend's per-op profiler (kernels/cuda/cuda_prof.cu; VMLA_CUDA_PROFILE=1 installs it;
+ * kn_cuda_profile_on's modes: 1 events, 2 host time only, 3 events with the stream drained before
+ * each op); without CUDA, stand-ins that report no profiler. */
 #ifdef VMLA_HAVE_CUDA
 int kn_cuda_profile_on(kn_backend_t *be, int on);
 int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]);
-int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count);
+int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count, double host[2]);
 #else
 static inline int kn_cuda_profile_on(kn_backend_t *be, int on) { return 0; }
 static inline int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]) { return 0; }
-static inline int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count)
+static inline int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count,
+                                     double host[2])
 {
     return 0;
 }

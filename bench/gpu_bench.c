@@ -43,7 +43,7 @@ int kn_cuda_attention_select(kn_backend_t *be, const char *name);
 void kn_cuda_cudnn_info(const kn_backend_t *be, char *buf, size_t n);
 int kn_cuda_profile_on(kn_backend_t *be, int on);
 int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]);
-int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count);
+int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count, double host[2]);
 
 static double now_s(void)
 {
@@ -82,6 +82,59 @@ typedef struct {
     size_t kv_stream, mem;
     int ok;
 } result;
+
+
+/* The chunk again with the profiler's other two modes, n chunks each: host-timed (no events: the
+ * host time inside the ops against the wall — the enqueue cost, and the wait for the GPU in
+ * download and sync) and drained (the stream emptied before each op: each op's own GPU time,
+ * launch included, nothing queued before it). Returns 0 when a chunk failed. */
+static int profile_host_and_drained(eng_engine_t *e, eng_stream_t **s, kn_backend_t *be, const char *preset, int n)
+{
+    for (int mode = 2; mode <= 3; mode++) {
+        if (!kn_cuda_profile_on(be, mode))
+            return 1;
+        double wall = 0;
+        for (int i = 0; i < n; i++) {
+            double a = now_s();
+            if (eng_generate_chunk(e, s, 1) != ENG_OK) {
+                kn_cuda_profile_on(be, 0);
+                return 0;
+            }
+            wall += now_s() - a;
+            eng_stream_take_frames(*s);
+        }
+        double ms[4], enq = 0, wait = 0, gpu = 0;
+        long cnt[4], oc;
+        kn_cuda_profile_read(be, ms, cnt);
+        const char *on;
+        double oms, h[2];
+        for (int i = 0; kn_cuda_profile_op(be, i, &on, &oms, &oc, h); i++) {
+            if (!strcmp(on, "download") || !strcmp(on, "sync"))
+                wait += h[0];
+            else
+                enq += h[0];
+            gpu += oms;
+        }
+        if (mode == 2)
+            printf("%s [host-timed, no events, mean of %d chunks]: wall %.1f ms; host inside ops %.1f ms (enqueue), "
+                   "waiting for the GPU %.1f ms, elsewhere %.1f ms\n  host us a call:",
+                   preset, n, wall * 1e3 / n, enq / n, wait / n, wall * 1e3 / n - (enq + wait) / n);
+        else
+            printf("%s [stream drained before each op, mean of %d chunks]: wall %.1f ms; ops sum %.1f ms\n"
+                   "  per op (ms a chunk, calls):",
+                   preset, n, wall * 1e3 / n, gpu / n);
+        for (int i = 0; kn_cuda_profile_op(be, i, &on, &oms, &oc, h); i++)
+            if (h[1] > 0) {
+                if (mode == 2)
+                    printf(" %s %.1f (%.0f)", on, h[0] * 1e3 / h[1], h[1] / n);
+                else if (oc)
+                    printf(" %s %.1f (%ld)", on, oms / n, oc / n);
+            }
+        printf("\n");
+        kn_cuda_profile_on(be, 0);
+    }
+    return 1;
+}
 
 static result run_preset(kn_backend_t *be, const char *preset, int window, int warmup, int chunks,
                          const char *const *variants, int n_variants)
@@ -171,6 +224,13 @@ static result run_preset(kn_backend_t *be, const char *preset, int window, int w
     char info[512];
     kn_cuda_cudnn_info(be, info, sizeof info);
     printf("%s: %s\n", preset, info);
+    int rslots;
+    size_t rbytes;
+    int64_t reuses;
+    eng_rebuild_cache_stats(e, &rslots, &rbytes, &reuses);
+    if (eng_mla_rebuild(e))
+        printf("%s: MLA rebuild cache %d slots of %.1f MiB, %lld passes reused a chunk's context\n", preset, rslots,
+               rbytes / 1048576.0, (long long)reuses);
     if (ok && n_variants > 0 && kn_cuda_attention_select(be, variants[0]) && kn_cuda_profile_on(be, 1)) {
         /* the time split: event-timed ops, summed per class, against the chunks' wall time */
         const int np_ = 2;
@@ -195,12 +255,14 @@ static result run_preset(kn_backend_t *be, const char *preset, int window, int w
             double oms;
             long oc;
             printf("  per op (ms a chunk, calls):");
-            for (int i = 0; kn_cuda_profile_op(be, i, &on, &oms, &oc); i++)
+            for (int i = 0; kn_cuda_profile_op(be, i, &on, &oms, &oc, NULL); i++)
                 if (oc)
                     printf(" %s %.1f (%ld)", on, oms / np_, oc / np_);
             printf("\n");
         }
         kn_cuda_profile_on(be, 0);
+        if (ok)
+            ok = profile_host_and_drained(e, &s, be, preset, np_);
     }
     if (ok) {
         r.kv_stream = eng_stream_kv_bytes_max(s);

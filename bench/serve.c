@@ -385,7 +385,7 @@ static int warm(eng_engine_t *e, int n, int single)
 /* One chunk of n fresh streams (one at a time when single) with the per-op profiler on: where the
  * GPU's time goes and how much of the wall time it is busy. Prints and returns 0; 1 when the
  * backend has no profiler. */
-static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, const char *layout)
+static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, const char *layout, int mode)
 {
     eng_stream_t *st[64];
     int opened = 0, ok = 1;
@@ -393,7 +393,7 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
         ok = eng_stream_open(e, 7000 + (uint64_t)opened, "profile", &st[opened]) == ENG_OK;
     if (!ok)
         opened--;
-    if (!ok || !kn_cuda_profile_on(be, 1)) {
+    if (!ok || !kn_cuda_profile_on(be, mode)) {
         for (int i = 0; i < opened; i++)
             eng_stream_close(st[i]);
         return 1;
@@ -405,6 +405,23 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
     double wall = (now_s() - t0) * 1e3, ms[4];
     long cnt[4];
     kn_cuda_profile_read(be, ms, cnt);
+    if (mode == 2) { /* host time only: the enqueue cost against the wall */
+        double enq = 0, wait = 0, m, h[2];
+        const char *name;
+        long c;
+        for (int i = 0; kn_cuda_profile_op(be, i, &name, &m, &c, h); i++)
+            if (strcmp(name, "download") && strcmp(name, "sync"))
+                enq += h[0];
+            else
+                wait += h[0];
+        kn_cuda_profile_on(be, 0);
+        printf("    host-timed %s %s N=%d, one chunk each: wall %.1f ms; host inside ops %.1f ms, waiting for the GPU "
+               "%.1f ms, elsewhere %.1f ms\n",
+               layout, single ? "single" : "batched", n, wall, enq, wait, wall - enq - wait);
+        for (int i = 0; i < opened; i++)
+            eng_stream_close(st[i]);
+        return ok ? 0 : -1;
+    }
     kn_cuda_profile_on(be, 0);
     double busy = ms[0] + ms[1] + ms[2] + ms[3];
     printf("    profile %s %s N=%d, one chunk each: wall %.1f ms; GPU busy %.1f ms (%.0f%%): GEMM %.1f, attention %.1f, "
@@ -416,7 +433,7 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
         const char *name;
         double m;
         long c;
-        if (!kn_cuda_profile_op(be, i, &name, &m, &c))
+        if (!kn_cuda_profile_op(be, i, &name, &m, &c, NULL))
             break;
         for (int k = 0; k < 3; k++)
             if (m > tms[k]) {
@@ -430,6 +447,16 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
     printf("; top ops:");
     for (int k = 0; k < 3 && top[k]; k++)
         printf(" %s %.1f", top[k], tms[k]);
+    printf("\n      per op (ms, calls):");
+    for (int i = 0;; i++) {
+        const char *name;
+        double m;
+        long c;
+        if (!kn_cuda_profile_op(be, i, &name, &m, &c, NULL))
+            break;
+        if (c)
+            printf(" %s %.1f (%ld)", name, m, c);
+    }
     printf("\n");
     jsep();
     if (jf)
@@ -501,7 +528,8 @@ static int throughput(const sargs *a, kn_backend_t *be, eng_engine_t *e, const c
                             "\"chunk_p99_s\": %.5f, \"ttff_p50_s\": %.5f, \"ttff_max_s\": %.5f}",
                         layout, single ? "single" : "batched", n, chunks, r.fps, r.wall, r.lat50, r.lat99, r.ttff50,
                         r.ttff_max);
-            if (a->profile && profile_chunk(e, be, n, single, layout) < 0)
+            if (a->profile && (profile_chunk(e, be, n, single, layout, 1) < 0 ||
+                               profile_chunk(e, be, n, single, layout, 2) < 0))
                 return -1;
         }
     }
@@ -669,6 +697,13 @@ static int one_layout(const sargs *a, kn_backend_t *be, eng_config *c, const cha
         return -1;
     }
     printf("  engine open (weights drawn, %d slots) in %.1f s\n", maxn, now_s() - t0);
+    int rslots;
+    size_t rbytes;
+    int64_t reuses;
+    eng_rebuild_cache_stats(e, &rslots, &rbytes, &reuses);
+    if (eng_mla_rebuild(e))
+        printf("  MLA rebuild cache: %d slots of %.1f MiB (a chunk's rebuilt context, kept for its passes)\n", rslots,
+               rbytes / 1048576.0);
     jsep();
     if (jf)
         fprintf(jf, "  {\"kind\": \"config\", \"layout\": \"%s\", \"width\": %d, \"height\": %d, \"sink\": %d, "

@@ -9,14 +9,24 @@
  * Off (the default), a wrapper costs one branch. The events perturb what they measure a little
  * (~1-2 us of host time per record): the benchmark times its chunks with profiling off and
  * profiles extra chunks for the split.
+ *
+ * Three modes (kn_cuda_profile_on's argument): KN_PROF_EVENTS as above; KN_PROF_HOST, no events,
+ * only the host time spent inside each op (the enqueue cost; in download and sync, the wait for
+ * the GPU) — if the ops' host time outside the waits is close to the wall time, the host, not the
+ * GPU, sets the pace; KN_PROF_SYNC, the stream drained before each op, so an op's events hold its
+ * own launch and GPU time and nothing queued before it (a chunk runs slower, but per op the figure
+ * is what that op costs alone). Every mode also sums the host time per op.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels/cuda/cuda_internal.cuh"
 
 #define PROF_PAIRS 16384
+
+enum { KN_PROF_EVENTS = 1, KN_PROF_HOST = 2, KN_PROF_SYNC = 3 };
 
 enum { PC_GEMM = 0, PC_ATTN, PC_OTHER, PC_COPY, PC_N };
 
@@ -29,7 +39,7 @@ enum { PC_GEMM = 0, PC_ATTN, PC_OTHER, PC_COPY, PC_N };
     X(clamp, PC_OTHER, 0) X(row_affine, PC_OTHER, 0) X(copy, PC_OTHER, 0) X(rope3d, PC_OTHER, 0)        \
     X(rope3d_table, PC_OTHER, 0) X(rmsnorm_rope, PC_OTHER, 0) X(timestep_embed, PC_OTHER, 0)            \
     X(attention, PC_ATTN, 0) X(attention_batch, PC_ATTN, 0) X(kv_store, PC_OTHER, 0) X(kv_load, PC_OTHER, 0) X(patchify, PC_OTHER, 0)  \
-    X(unpatchify, PC_OTHER, 0) X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0)
+    X(unpatchify, PC_OTHER, 0) X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0) X(sync, PC_COPY, 0)
 #define OP_ID(f, c, h) OP_##f,
 enum { OPS(OP_ID) OP_N };
 #define OP_CLS(f, c, h) c,
@@ -39,13 +49,28 @@ static const char *const op_name[OP_N] = {OPS(OP_NAME)};
 
 struct cu_prof {
     kn_backend_ops orig; /* the table before wrapping */
-    int on;
+    int on;           /* 0, or the mode */
     cudaEvent_t ev[2 * PROF_PAIRS];
     unsigned char cls[PROF_PAIRS]; /* the op id of each pair */
     int n;          /* pairs recorded, not yet read */
     double ms[OP_N];
     long count[OP_N];
+    double host_ms[OP_N]; /* host time inside each op, every mode */
+    long host_count[OP_N];
 };
+
+static double host_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static void host_add(struct cu_prof *p, int op, double t0)
+{
+    p->host_ms[op] += host_now_ms() - t0;
+    p->host_count[op]++;
+}
 
 /* Read the recorded pairs (they must be complete: the stream was synchronised). */
 static void harvest(struct cu_prof *p)
@@ -86,9 +111,18 @@ template <typename... A> struct pw_sig<kn_status (*kn_backend_ops::*)(kn_backend
         struct cu_prof *p = cu_of(be)->prof;
         if (!p->on)
             return (p->orig.*F)(be, a...);
+        if (p->on == KN_PROF_SYNC)
+            cudaStreamSynchronize(cu_of(be)->stream);
+        double t0 = host_now_ms();
+        if (p->on == KN_PROF_HOST) {
+            kn_status s = (p->orig.*F)(be, a...);
+            host_add(p, OP, t0);
+            return s;
+        }
         begin(be, p);
         kn_status s = (p->orig.*F)(be, a...);
         end(be, p, OP);
+        host_add(p, OP, t0);
         if (HARVEST && s == KN_OK)
             harvest(p); /* the op waited for the stream: every pair is complete */
         return s;
@@ -100,9 +134,13 @@ template <typename... A> struct pw_sig<kn_status (*kn_backend_ops::*)(kn_backend
 static kn_status prof_sync(kn_backend_t *be)
 {
     struct cu_prof *p = cu_of(be)->prof;
+    double t0 = host_now_ms();
     kn_status s = p->orig.sync(be);
-    if (p->on && s == KN_OK)
-        harvest(p);
+    if (p->on) {
+        host_add(p, OP_sync, t0);
+        if (s == KN_OK)
+            harvest(p);
+    }
     return s;
 }
 
@@ -173,10 +211,11 @@ void cu_prof_free(kn_backend_t *be)
 
 /* ---- for benchmarks (declared where used) ------------------------------------------------------- */
 
-/* Turn profiling on or off; on clears the sums. Returns 0 when the backend has no profiler. */
+/* Turn profiling on (1 events, 2 host time only, 3 events with the stream drained before each op)
+ * or off (0); on clears the sums. Returns 0 when the backend has no profiler or the mode is unknown. */
 extern "C" int kn_cuda_profile_on(kn_backend_t *be, int on)
 {
-    if (!be || strcmp(be->ops->name, "cuda"))
+    if (!be || strcmp(be->ops->name, "cuda") || on < 0 || on > KN_PROF_SYNC)
         return 0;
     struct cu_prof *p = cu_of(be)->prof;
     if (!p)
@@ -186,6 +225,8 @@ extern "C" int kn_cuda_profile_on(kn_backend_t *be, int on)
         p->n = 0;
         memset(p->ms, 0, sizeof p->ms);
         memset(p->count, 0, sizeof p->count);
+        memset(p->host_ms, 0, sizeof p->host_ms);
+        memset(p->host_count, 0, sizeof p->host_count);
     }
     p->on = on;
     return 1;
@@ -213,8 +254,9 @@ extern "C" int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4
     return 1;
 }
 
-/* The same per op: name, milliseconds and count of op i (0 ..), or 0 past the last op. */
-extern "C" int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count)
+/* The same per op: name, GPU milliseconds and count of op i (0 ..), host milliseconds inside it
+ * and its host-timed calls (host may be NULL), or 0 past the last op. */
+extern "C" int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count, double host[2])
 {
     if (!be || strcmp(be->ops->name, "cuda") || !cu_of(be)->prof || i < 0 || i >= OP_N)
         return 0;
@@ -222,5 +264,9 @@ extern "C" int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, do
     *name = op_name[i];
     *ms = p->ms[i];
     *count = p->count[i];
+    if (host) {
+        host[0] = p->host_ms[i];
+        host[1] = (double)p->host_count[i];
+    }
     return 1;
 }
