@@ -438,17 +438,18 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
         kn_tensor v = kn_cols(p, 2 * D, D);
         kn_tensor att = kn_rows(m->att, 0, Nt);
         kn_kv kvs[ENG_FWD_MAX];
+        int64_t t0[ENG_FWD_MAX];
         for (int b = 0; b < n; b++) {
-            kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
-            kv.kv_heads = H;
-            kv.dk = kv.dv = dh;
-            kv.k_off = 0;
-            kv.v_off = D;
-            int64_t t0 = kv_stream_context_tokens(it[b].cache);
-            TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(k, (int64_t)b * N, N)));
-            TRY(kn_kv_store(be, &kv, t0, D, kn_rows(v, (int64_t)b * N, N)));
-            kvs[b] = kv;
+            kvs[b] = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
+            kvs[b].kv_heads = H;
+            kvs[b].dk = kvs[b].dv = dh;
+            kvs[b].k_off = 0;
+            kvs[b].v_off = D;
+            t0[b] = kv_stream_context_tokens(it[b].cache);
         }
+        /* the chunk's keys and values into every stream's pages (one call each for the batch) */
+        TRY(kn_kv_store_batch(be, kvs, t0, n, 0, k));
+        TRY(kn_kv_store_batch(be, kvs, t0, n, D, v));
         if (store_only)
             return KN_OK;
         /* every stream over its own pages, one call (a backend batches what it can) */
@@ -484,18 +485,18 @@ static kn_status self_attention(eng_model *m, const eng_block_weights *B, int la
     TRY(kn_rmsnorm_rope(be, kr, kn_cols(p, wq + wr + dc, dr), B->norm_k_rope, c->eps, 1, &rope));
     kn_tensor att = kn_cols(kn_rows(m->att, 0, Nt), 0, (int64_t)H * dh);
     kn_kv kvs[ENG_FWD_MAX];
+    int64_t t0[ENG_FWD_MAX];
     float scale = 1.0f / sqrtf((float)(dh + dr));
     for (int b = 0; b < n; b++) {
-        kn_kv kv = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
-        kv.kv_heads = 1;
-        kv.dk = dc + dr;
-        kv.dv = dc;
-        kv.k_off = 0;
-        kv.v_off = 0;
-        int64_t t0 = kv_stream_context_tokens(it[b].cache);
-        TRY(kn_kv_store(be, &kv, t0, 0, kn_rows(ckr, (int64_t)b * N, N))); /* [c | k_r] */
-        kvs[b] = kv;
+        kvs[b] = kv_pool_layer(m->pool, layer, it[b].cache->table, kv_stream_tokens(it[b].cache));
+        kvs[b].kv_heads = 1;
+        kvs[b].dk = dc + dr;
+        kvs[b].dv = dc;
+        kvs[b].k_off = 0;
+        kvs[b].v_off = 0;
+        t0[b] = kv_stream_context_tokens(it[b].cache);
     }
+    TRY(kn_kv_store_batch(be, kvs, t0, n, 0, ckr)); /* [c | k_r], every stream in one call */
     if (store_only)
         return KN_OK;
     for (int b0 = 0, b1; m->mla_rebuild && b0 < n; b0 = b1) {

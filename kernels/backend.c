@@ -588,6 +588,32 @@ kn_status kn_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t c
     CALL(kv_store, kv, tok0, col, src);
 }
 
+kn_status kn_kv_store_batch(kn_backend_t *be, const kn_kv *kv, const int64_t *tok0, int n, int64_t col,
+                            kn_tensor src)
+{
+    CHECK(kv && tok0 && n > 0 && src.rows % n == 0, "kv_store_batch: %d destinations for %lld rows", n,
+          (long long)src.rows);
+    int64_t r = src.rows / n;
+    for (int b = 0; b < n; b++) {
+        kn_status st = kv_rows_args(be, &kv[b], tok0[b], col, kn_rows(src, b * r, r), "kv_store_batch", "destination");
+        if (st != KN_OK)
+            return st;
+        CHECK(kv[b].buf == kv[0].buf && kv[b].dtype == kv[0].dtype && kv[b].row_stride == kv[0].row_stride &&
+                  kv[b].page_tokens == kv[0].page_tokens && kv[b].page_stride == kv[0].page_stride &&
+                  !kv[b].pages == !kv[0].pages,
+              "kv_store_batch: destination %d is not in destination 0's pool layout", b);
+    }
+    if (be->ops->kv_store_batch)
+        CALL(kv_store_batch, kv, tok0, n, col, src);
+    INJECT(kv_store_batch);
+    for (int b = 0; b < n; b++) {
+        kn_status st = be->ops->kv_store(be, &kv[b], tok0[b], col, kn_rows(src, b * r, r));
+        if (st != KN_OK)
+            return st;
+    }
+    return KN_OK;
+}
+
 kn_status kn_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col)
 {
     kn_status st = kv_rows_args(be, kv, tok0, col, dst, "kv_load", "source");

@@ -211,6 +211,12 @@ kn_status kn_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const
 /* Store src [n, w] into token rows tok0 .. tok0+n-1 of kv at column offset col (converting to
  * the kv dtype); the pages of those tokens must be listed in kv->pages. */
 kn_status kn_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+/* The same for n streams at once: rows [b*r, (b+1)*r) of src (r = src.rows / n) go to token rows
+ * tok0[b] .. of kv[b], b = 0..n-1: the result of n kn_kv_store calls. The destinations are pages of
+ * one pool (same buffer, dtype, row stride, page tokens and page stride), each with its own page
+ * list and length. A backend may store them all in one launch (the CUDA backend). */
+kn_status kn_kv_store_batch(kn_backend_t *be, const kn_kv *kv, const int64_t *tok0, int n, int64_t col,
+                            kn_tensor src);
 /* The inverse: dst [n, w] = token rows tok0 .. tok0+n-1 of kv, columns col .. col+w-1 (converting
  * to dst's dtype); one call gathers a stream's window from its pages. */
 kn_status kn_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col);

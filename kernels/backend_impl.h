@@ -69,6 +69,10 @@ typedef struct kn_backend_ops {
     void (*host_free)(kn_backend_t *be, void *ptr);
     kn_status (*buffer_copy)(kn_backend_t *be, void *dst, const void *src, size_t bytes);
     kn_status (*mem_info)(kn_backend_t *be, size_t *free_bytes, size_t *total_bytes);
+
+    /* optional (NULL: kn_kv_store_batch stores stream by stream); arguments checked */
+    kn_status (*kv_store_batch)(kn_backend_t *be, const kn_kv *kv, const int64_t *tok0, int n, int64_t col,
+                                kn_tensor src);
 } kn_backend_ops;
 
 struct kn_backend {

@@ -201,6 +201,71 @@ kn_status cu_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t t
     return kv_move(be, kv, tok0, col, dst, 1);
 }
 
+/* kn_kv_store_batch's kernel: stream b's rows of src to its pages, 16 bytes a thread. tab holds per
+ * stream `per` int32: its first token counted from its first listed page, then those pages. */
+__global__ void k_kv_store_b(char *base, const int32_t *tab, int64_t per, int pt, int64_t page_stride_b,
+                             int64_t row_stride_b, int64_t col_b, const char *src, int64_t src_ld_b, int64_t rows,
+                             int64_t cols8, int nb)
+{
+    const int64_t each = rows * cols8, total = each * nb;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t b = i / each, rem = i - b * each, r = rem / cols8, c = rem - r * cols8;
+        const int32_t *tb = tab + b * per;
+        int64_t t = tb[0] + r;
+        const uint4 *ps = (const uint4 *)(src + (b * rows + r) * src_ld_b + c * 16);
+        uint4 *pd = (uint4 *)(base + (int64_t)tb[1 + t / pt] * page_stride_b + (t % pt) * row_stride_b + col_b + c * 16);
+        *pd = *ps;
+    }
+}
+
+/* Every stream's rows in one launch when both sides are bf16, 16-byte aligned and the destinations
+ * paged in one place of one pool (every layer's streams are); otherwise stream by stream. */
+kn_status cu_kv_store_batch(kn_backend_t *be, const kn_kv *kv, const int64_t *tok0, int n, int64_t col, kn_tensor src)
+{
+    int64_t r = src.rows / n;
+    if (r == 0 || src.cols == 0)
+        return KN_OK;
+    dview sv = cu_view(src);
+    const char *base = (const char *)kv->buf->ptr + kv->off;
+    int fast = n > 1 && kv->pages && kv->dtype == KN_BF16 && src.dtype == KN_BF16 && src.cols % 8 == 0 &&
+               col % 8 == 0 && kv->row_stride % 8 == 0 && kv->page_stride % 8 == 0 && ((uintptr_t)base & 15u) == 0 &&
+               sv.ld % 8 == 0 && ((uintptr_t)sv.p & 15u) == 0;
+    int64_t per = 0;
+    for (int b = 0; b < n && fast; b++) {
+        fast = kv[b].off == kv->off;
+        int64_t np = (tok0[b] + r - 1) / kv->page_tokens - tok0[b] / kv->page_tokens + 1;
+        per = np + 1 > per ? np + 1 : per;
+    }
+    if (!fast) {
+        for (int b = 0; b < n; b++) {
+            kn_status st = kv_move(be, &kv[b], tok0[b], col, cu_rows(src, b * r, r), 0);
+            if (st != KN_OK)
+                return st;
+        }
+        return KN_OK;
+    }
+    int32_t *h = (int32_t *)calloc((size_t)(n * per), sizeof(int32_t));
+    if (!h)
+        return cu_fail(be, KN_ERR_NOMEM, "kv_store_batch: out of host memory");
+    for (int b = 0; b < n; b++) {
+        int64_t p0 = tok0[b] / kv->page_tokens, p1 = (tok0[b] + r - 1) / kv->page_tokens;
+        h[b * per] = (int32_t)(tok0[b] - p0 * kv->page_tokens);
+        memcpy(h + b * per + 1, kv[b].pages + p0, (size_t)(p1 - p0 + 1) * sizeof(int32_t));
+    }
+    kn_status st;
+    const int32_t *dev = cu_pages(be, h, n * per, &st);
+    free(h);
+    if (!dev)
+        return st;
+    int64_t cols8 = src.cols / 8, total = (int64_t)n * r * cols8, blocks = (total + 255) / 256;
+    if (blocks > 132 * 32)
+        blocks = 132 * 32;
+    k_kv_store_b<<<(unsigned)blocks, 256, 0, cu_of(be)->stream>>>(
+        (char *)base, dev, per, kv->page_tokens, kv->page_stride * 2, kv->row_stride * 2, col * 2, sv.p, sv.ld * 2, r,
+        cols8, n);
+    return cu_launched(be, "kv_store_batch");
+}
+
 /* ---- the simple kernel --------------------------------------------------------------------------
  * Shared memory (floats): Q [SQ][dk], K [bk][dk+1] (padded: the score loop reads down a column),
  * V [bk][dv], S [SQ][bk] (scores, then probabilities), O [SQ][dv], m, l, corr [SQ]. */

@@ -1493,6 +1493,7 @@ static const kn_backend_ops cu_ops_template = {
     cu_host_free,
     cu_buffer_copy,
     cu_mem_info,
+    cu_kv_store_batch,
 };
 
 /* Whether an environment variable is set to "0" (a default-on path turned off). */

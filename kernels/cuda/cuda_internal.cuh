@@ -132,6 +132,7 @@ kn_status cu_attention(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv
 kn_status cu_attention_batch(kn_backend_t *be, kn_tensor out, kn_tensor q, const kn_kv *kv, int n, int q_heads,
                              float scale);
 kn_status cu_kv_store(kn_backend_t *be, const kn_kv *kv, int64_t tok0, int64_t col, kn_tensor src);
+kn_status cu_kv_store_batch(kn_backend_t *be, const kn_kv *kv, const int64_t *tok0, int n, int64_t col, kn_tensor src);
 kn_status cu_kv_load(kn_backend_t *be, kn_tensor dst, const kn_kv *kv, int64_t tok0, int64_t col);
 
 /* ---- cuDNN fused attention (cuda_cudnn_attn.cu) ----------------------------------------------------- */

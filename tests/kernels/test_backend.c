@@ -753,6 +753,35 @@ static void t_kv_store(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64
     kv_case_drop(&k);
 }
 
+/* kn_kv_store_batch: nb streams of T tokens each, every one its own run of the pool's (shuffled)
+ * pages, R rows a stream stored at different tokens; the whole pool compared */
+static void t_kv_store_batch(kn_dtype kvdt, int nb, int64_t T, int pt, int64_t width, int64_t col, int64_t R, int64_t w)
+{
+    char what[128];
+    snprintf(what, sizeof what, "%d streams of %lld tokens, pt%d width%lld, %lld rows at cols %lld..%lld [%s]", nb,
+             (long long)T, pt, (long long)width, (long long)R, (long long)col, (long long)(col + w),
+             kn_dtype_name(kvdt));
+    kvsrc s = make_kv(kvdt, nb * T, pt, width);
+    kn_kv kg[8], kc[8];
+    int64_t tok0[8];
+    for (int b = 0; b < nb; b++) {
+        kg[b] = kv_of(&s, &s.pool, 1, T, pt);
+        kc[b] = kv_of(&s, &s.pool, 0, T, pt);
+        kg[b].pages = kc[b].pages = s.pages + (int64_t)b * (T / pt);
+        kg[b].kv_heads = kc[b].kv_heads = 1;
+        kg[b].dk = kc[b].dk = kg[b].dv = kc[b].dv = 1;
+        tok0[b] = (int64_t)(b * 7) % (T - R + 1);
+    }
+    tp src = mk(nb * R, w, w + 3);
+    put_rnd(&src, 2);
+    ok_both(kn_kv_store_batch(gpu, kg, tok0, nb, col, src.g), kn_kv_store_batch(cpu, kc, tok0, nb, col, src.c),
+            "kv_store_batch", what);
+    cmp("kv_store_batch", what, &s.pool, kvdt == KN_F32 && gdt == KN_F32 ? 1e-7 : 0);
+    drop(&src);
+    drop(&s.pool);
+    free(s.pages);
+}
+
 /* kn_kv_load: rows of a paged (or contiguous) pool back into a tensor */
 static void t_kv_load(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64_t tok0, int64_t col, int64_t n, int64_t w)
 {
@@ -863,6 +892,10 @@ static void op_suite(void)
     t_kv_store(KN_BF16, 100, 6, 32, 40, 24, 24, 8);  /* MLA: k_r at column d_c */
     t_kv_store(KN_F32, 1000, 64, 256, 1, 128, 777, 128);
     t_kv_store(KN_BF16, 50, 0, 64, 3, 5, 30, 18); /* contiguous */
+    t_kv_store_batch(KN_BF16, 8, 120, 6, 64, 0, 30, 32);  /* per-head k: one launch for 8 streams */
+    t_kv_store_batch(KN_BF16, 3, 100, 10, 232, 0, 45, 224); /* MLA [c | k_r] */
+    t_kv_store_batch(KN_BF16, 2, 60, 6, 64, 5, 20, 18);  /* odd column: stream by stream */
+    t_kv_store_batch(KN_F32, 4, 60, 6, 64, 8, 20, 16);   /* f32 pool: stream by stream */
     t_kv_load(KN_BF16, 100, 6, 32, 0, 0, 100, 32);   /* MLA: a whole window of latent rows */
     t_kv_load(KN_BF16, 2730, 390, 224, 0, 0, 2730, 224); /* wan MLA at 240x416: 7 pages of a frame */
     t_kv_load(KN_BF16, 100, 6, 32, 40, 24, 24, 8);

@@ -1562,6 +1562,61 @@ static void test_attention_half(void)
     }
 }
 
+/* kn_kv_store_batch: three streams' rows into their own pages of one pool, equal to a kv_store a
+ * stream; refusals leave the pool as it was. */
+static void test_kv_store_batch(void)
+{
+    enum { PT = 3, RS = 8, PS = 26, NP = 6, TOT = NP * PS, NB = 3, R = 2, W = 3 };
+    static const int32_t p0[2] = {4, 1}, p1[3] = {0, 5, 2}, p2[1] = {3};
+    const int32_t *pl[NB] = {p0, p1, p2};
+    const int64_t ntok[NB] = {5, 7, 2}, tok0[NB] = {2, 4, 0};
+    kn_tensor pool = newt(KN_F32, 1, TOT), ref = newt(KN_F32, 1, TOT);
+    kn_kv kv[NB], kr[NB];
+    for (int b = 0; b < NB; b++) {
+        kv[b] = kv_contig(KN_F32, ntok[b], 1, 3, 3, 0, 3, RS);
+        kv[b].pages = pl[b];
+        kv[b].page_tokens = PT;
+        kv[b].page_stride = PS;
+        kv[b].buf = pool.buf;
+        kr[b] = kv[b];
+        kr[b].buf = ref.buf;
+    }
+    float src[NB * R * W];
+    for (int i = 0; i < NB * R * W; i++)
+        src[i] = 1.0f + (float)i;
+    kn_tensor S = mkf(NB * R, W, src);
+    OK(kn_kv_store_batch(be, kv, tok0, NB, 1, S));
+    for (int b = 0; b < NB; b++)
+        OK(kn_kv_store(be, &kr[b], tok0[b], 1, kn_rows(S, (int64_t)b * R, R)));
+    float got[TOT], want[TOT];
+    dl(pool, got);
+    dl(ref, want);
+    EXACT("kv_store_batch equals a kv_store a stream", got, want, TOT);
+    /* stream 1's first row: token 4 = page p1[1] = 5, row 1; its column 1 holds src row 2 */
+    CHECK(got[5 * PS + 1 * RS + 1] == src[2 * W] && got[3 * PS + 1 * RS + 3] == src[5 * W + 2],
+          "kv_store_batch positions by hand");
+    GUARD_OK(pool);
+    /* refused, nothing written: no streams, rows not a multiple, another row stride, another buffer,
+     * tokens past a stream's length; then an injected fault */
+    kn_kv bad[NB] = {kv[0], kv[1], kv[2]};
+    CHECK(kn_kv_store_batch(be, kv, tok0, 0, 1, S) == KN_ERR_ARG, "kv_store_batch: 0 streams");
+    CHECK(kn_kv_store_batch(be, kv, tok0, NB, 1, kn_rows(S, 0, 5)) == KN_ERR_ARG, "kv_store_batch: 5 rows, 3 streams");
+    bad[1].row_stride = RS + 1;
+    CHECK(kn_kv_store_batch(be, bad, tok0, NB, 1, S) == KN_ERR_ARG, "kv_store_batch: another row stride");
+    bad[1] = kv[1];
+    bad[2].buf = ref.buf;
+    CHECK(kn_kv_store_batch(be, bad, tok0, NB, 1, S) == KN_ERR_ARG, "kv_store_batch: another buffer");
+    bad[2] = kv[2];
+    const int64_t late[NB] = {2, 6, 0};
+    CHECK(kn_kv_store_batch(be, kv, late, NB, 1, S) == KN_ERR_ARG, "kv_store_batch: tokens past the stream");
+    float after[TOT];
+    dl(pool, after);
+    EXACT("kv_store_batch: refused calls leave the pool", after, got, TOT);
+    kn_backend_inject_fault(be, 0, 0);
+    CHECK(kn_kv_store_batch(be, kv, tok0, NB, 1, S) == KN_ERR_DEVICE, "kv_store_batch: injected fault");
+    kn_backend_inject_fault(be, -1, 0);
+}
+
 static void test_kv_store(void)
 {
     /* 5 tokens over pages {2, 0} of 3 tokens; rows of 8, pages 26 apart; pool of 3 pages */
@@ -2043,6 +2098,7 @@ int main(void)
     test_attention_batch();
     test_attention_half();
     test_kv_store();
+    test_kv_store_batch();
     test_patchify();
     test_conv();
     test_upsample();
