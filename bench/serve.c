@@ -22,8 +22,9 @@
  *              were admitted at once, time to first frame, deadline misses of admitted streams.
  *  offload     a stream with a full window: its pages moved to page-locked host memory and back
  *              (eng_stream_offload / restore + a sync), 5 times: milliseconds and bytes.
- *  --profile  after each throughput run, one more chunk with the CUDA per-op profiler
- *             (VMLA_CUDA_PROFILE=1): GPU busy time by class against the wall time.
+ *  --profile  after each throughput run, one more chunk (windows full) with the CUDA per-op
+ *             profiler (VMLA_CUDA_PROFILE=1): GPU busy time by class and by op against the wall
+ *             time; then the same host-timed (the host's time inside the ops against the wall).
  * Seeded random weights (the figures do not depend on them). --json writes every figure for
  * bench/plot_serve.py.
  */
@@ -382,7 +383,8 @@ static int warm(eng_engine_t *e, int n, int single)
     return ok ? 0 : -1;
 }
 
-/* One chunk of n fresh streams (one at a time when single) with the per-op profiler on: where the
+/* One chunk of n streams (one at a time when single) with the per-op profiler on, in the steady
+ * state (windows full: the streams' prompts and first chunks are run untimed first): where the
  * GPU's time goes and how much of the wall time it is busy. Prints and returns 0; 1 when the
  * backend has no profiler. */
 static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, const char *layout, int mode)
@@ -393,6 +395,12 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
         ok = eng_stream_open(e, 7000 + (uint64_t)opened, "profile", &st[opened]) == ENG_OK;
     if (!ok)
         opened--;
+    const eng_config *cfg = eng_get_config(e);
+    for (int k = 0; ok && k < (cfg->sink + cfg->window + cfg->chunk_frames - 1) / cfg->chunk_frames; k++) {
+        ok = eng_generate_chunk(e, st, n) == ENG_OK; /* untimed: fill the windows */
+        for (int i = 0; i < n; i++)
+            eng_stream_take_frames(st[i]);
+    }
     if (!ok || !kn_cuda_profile_on(be, mode)) {
         for (int i = 0; i < opened; i++)
             eng_stream_close(st[i]);
