@@ -109,7 +109,7 @@ static int profile_host_and_drained(eng_engine_t *e, eng_stream_t **s, kn_backen
         const char *on;
         double oms, h[2];
         for (int i = 0; kn_cuda_profile_op(be, i, &on, &oms, &oc, h); i++) {
-            if (!strcmp(on, "download") || !strcmp(on, "sync"))
+            if (!strncmp(on, "download", 8) || !strcmp(on, "sync")) /* download, download_rgb8 */
                 wait += h[0];
             else
                 enq += h[0];

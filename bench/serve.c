@@ -418,7 +418,7 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
         const char *name;
         long c;
         for (int i = 0; kn_cuda_profile_op(be, i, &name, &m, &c, h); i++)
-            if (strcmp(name, "download") && strcmp(name, "sync"))
+            if (strncmp(name, "download", 8) && strcmp(name, "sync")) /* download, download_rgb8 */
                 enq += h[0];
             else
                 wait += h[0];

@@ -37,7 +37,8 @@ struct eng_stream {
     kn_tensor x, x0, v, eps, ctx_kv, prev, rgb;
     kv_stream kv;
     /* output */
-    uint8_t *frames_rgb;
+    uint8_t *frames_rgb; /* a chunk's frames, RGB24 (in frames_buf: page-locked where the backend has it) */
+    kn_buffer_t *frames_buf;
     eng_frames frames;
     int frames_ready;
 };
@@ -59,7 +60,7 @@ struct eng_engine {
     size_t prev_bytes;
     int tokens_per_frame;
     float sigma[ENG_MAX_STEPS];
-    float *hostf; /* host staging: a chunk's rgb or latent or noise, as floats (page-locked) */
+    float *hostf; /* host staging: a chunk's latent noise, as floats (page-locked) */
     size_t hostf_n;
     kn_buffer_t *hostf_buf;
     uint64_t next_id;
@@ -282,9 +283,7 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
         per += kn_arena_bytes(kn_backend_compute_dtype(be), s[i].rows, s[i].cols);
     e->slot_buf = kn_buffer_alloc(be, per * (size_t)o.max_streams);
     e->slots = calloc((size_t)o.max_streams, sizeof *e->slots);
-    e->hostf_n = (size_t)(s[6].rows * s[6].cols);
-    if ((size_t)(s[0].rows * s[0].cols) > e->hostf_n)
-        e->hostf_n = (size_t)(s[0].rows * s[0].cols);
+    e->hostf_n = (size_t)(s[0].rows * s[0].cols); /* a latent (noise); frames come as bytes */
     e->hostf_buf = kn_host_buffer_alloc(be, sizeof(float) * e->hostf_n);
     e->hostf = kn_host_buffer_data(e->hostf_buf);
     if (!e->slot_buf || !e->slots || !e->hostf) {
@@ -417,14 +416,15 @@ eng_status eng_stream_open(eng_engine_t *e, uint64_t seed, const char *prompt, e
     s->ids = calloc((size_t)c->text_len, sizeof(int32_t));
     s->pending_ids = calloc((size_t)c->text_len, sizeof(int32_t));
     size_t nrgb = (size_t)eng_frames_per_chunk(e) * (size_t)eng_video_width(e) * (size_t)eng_video_height(e) * 3;
-    s->frames_rgb = malloc(nrgb);
+    s->frames_buf = kn_host_buffer_alloc(e->be, nrgb);
+    s->frames_rgb = s->frames_buf ? kn_host_buffer_data(s->frames_buf) : NULL;
     char kerr[256];
     if (!s->ids || !s->pending_ids || !s->frames_rgb ||
         kv_stream_init(&s->kv, e->pool, e->tokens_per_frame, c->sink, c->window, c->chunk_frames, kerr,
                        sizeof kerr)) {
         free(s->ids);
         free(s->pending_ids);
-        free(s->frames_rgb);
+        kn_buffer_free(e->be, s->frames_buf);
         free(s);
         return fail(e->err, sizeof e->err, ENG_ERR_NOMEM, "engine: cannot open a stream");
     }
@@ -464,7 +464,7 @@ void eng_stream_close(eng_stream_t *s)
         s->next->prev_s = s->prev_s;
     free(s->ids);
     free(s->pending_ids);
-    free(s->frames_rgb);
+    kn_buffer_free(e->be, s->frames_buf);
     free(s);
 }
 
@@ -659,26 +659,16 @@ static kn_status decode_chunk(eng_stream_t *s)
 {
     eng_engine_t *e = s->e;
     const eng_config *c = &e->c;
+    int W = eng_video_width(e), H = eng_video_height(e), nf = eng_frames_per_chunk(e);
     kn_status ks = eng_model_decode(&e->m, s->x0, s->prev, s->rgb);
+    /* planar [f][c][hw] in [0, 1] (clamped by the decoder) -> interleaved RGB24, rounded to
+     * nearest (ties up), by the backend (on the GPU: a quarter of the bytes cross the bus) */
     if (ks == KN_OK)
-        ks = kn_download(e->be, s->rgb, e->hostf);
+        ks = kn_download_rgb8(e->be, s->rgb, nf, s->frames_rgb);
     if (ks == KN_OK)
         e->drains++; /* the download waited for every pass enqueued before it */
     if (ks != KN_OK)
         return ks;
-    int W = eng_video_width(e), H = eng_video_height(e), nf = eng_frames_per_chunk(e);
-    size_t hw = (size_t)W * H;
-    /* planar [f][c][hw] in [0, 1] (clamped by the decoder) -> interleaved RGB24, rounded to
-     * nearest (ties up); one plane at a time, so the reads stream */
-    for (int f = 0; f < nf; f++) {
-        const float *r = e->hostf + (size_t)f * 3 * hw, *g = r + hw, *b = g + hw;
-        uint8_t *d = s->frames_rgb + (size_t)f * hw * 3;
-        for (size_t p = 0; p < hw; p++) {
-            d[3 * p] = (uint8_t)(int)(r[p] * 255.0f + 0.5f);
-            d[3 * p + 1] = (uint8_t)(int)(g[p] * 255.0f + 0.5f);
-            d[3 * p + 2] = (uint8_t)(int)(b[p] * 255.0f + 0.5f);
-        }
-    }
     s->frames = (eng_frames){
         .stream_id = s->id,
         .chunk = s->chunk,

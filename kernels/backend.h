@@ -125,6 +125,11 @@ int64_t kn_nelem(kn_tensor t);
 kn_status kn_upload(kn_backend_t *be, kn_tensor t, const void *src, kn_dtype src_dtype);
 /* Copy t into host fp32 memory (rows*cols, contiguous); waits for pending work. */
 kn_status kn_download(kn_backend_t *be, kn_tensor t, float *dst);
+/* Download a decoded chunk as video bytes: t [frames*3, hw] holds frame f's R, G, B planes at rows
+ * 3f, 3f+1, 3f+2 with values in [0, 1]; dst gets frames*hw*3 bytes, pixel-interleaved RGB24, each
+ * (int)(v*255 + 0.5) with v*255 + 0.5 clamped to [0, 255] (NaN gives 0). Waits like kn_download.
+ * The CUDA backend converts on the device and moves a quarter of the bytes. */
+kn_status kn_download_rgb8(kn_backend_t *be, kn_tensor t, int frames, uint8_t *dst);
 kn_status kn_sync(kn_backend_t *be);
 
 /* ---- ops ------------------------------------------------------------------------------------- */

@@ -54,6 +54,22 @@ static kn_status cpu_download(kn_backend_t *be, kn_tensor t, float *dst)
     return KN_OK;
 }
 
+/* The planes are read where they are: no float copy of the chunk. */
+static kn_status cpu_download_rgb8(kn_backend_t *be, kn_tensor t, int frames, uint8_t *dst)
+{
+    size_t es = kn_dtype_size(t.dtype);
+    for (int f = 0; f < frames; f++) {
+        const char *pl[3];
+        for (int c = 0; c < 3; c++)
+            pl[c] = (const char *)t.buf->ptr + t.off + (size_t)((3 * (int64_t)f + c) * t.ld) * es;
+        uint8_t *d = dst + (size_t)f * (size_t)t.cols * 3;
+        for (int64_t p = 0; p < t.cols; p++)
+            for (int c = 0; c < 3; c++)
+                d[3 * p + c] = kn_rgb8(kn_load(pl[c], t.dtype, (size_t)p));
+    }
+    return KN_OK;
+}
+
 static kn_status cpu_sync(kn_backend_t *be) { return KN_OK; }
 
 static kn_status cpu_buffer_copy(kn_backend_t *be, void *dst, const void *src, size_t bytes)
@@ -112,6 +128,7 @@ static const kn_backend_ops cpu_ops = {
     .mem_free = cpu_mem_free,
     .upload = cpu_upload,
     .download = cpu_download,
+    .download_rgb8 = cpu_download_rgb8,
     .sync = cpu_sync,
     .linear = cpu_linear,
     .matmul_heads = cpu_matmul_heads,

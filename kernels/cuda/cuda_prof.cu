@@ -39,7 +39,8 @@ enum { PC_GEMM = 0, PC_ATTN, PC_OTHER, PC_COPY, PC_N };
     X(clamp, PC_OTHER, 0) X(row_affine, PC_OTHER, 0) X(copy, PC_OTHER, 0) X(rope3d, PC_OTHER, 0)        \
     X(rope3d_table, PC_OTHER, 0) X(rmsnorm_rope, PC_OTHER, 0) X(timestep_embed, PC_OTHER, 0)            \
     X(attention, PC_ATTN, 0) X(attention_batch, PC_ATTN, 0) X(kv_store, PC_OTHER, 0) X(kv_load, PC_OTHER, 0) X(patchify, PC_OTHER, 0)  \
-    X(unpatchify, PC_OTHER, 0) X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0) X(sync, PC_COPY, 0) X(kv_store_batch, PC_OTHER, 0)
+    X(unpatchify, PC_OTHER, 0) X(conv2d3x3, PC_OTHER, 0) X(upsample2x, PC_OTHER, 0) X(sync, PC_COPY, 0) X(kv_store_batch, PC_OTHER, 0)            \
+    X(download_rgb8, PC_COPY, 1)
 #define OP_ID(f, c, h) OP_##f,
 enum { OPS(OP_ID) OP_N };
 #define OP_CLS(f, c, h) c,
@@ -196,6 +197,8 @@ int cu_prof_install(kn_backend_t *be)
         o->buffer_copy = PW(buffer_copy, 0);
     if (o->kv_store_batch)
         o->kv_store_batch = PW(kv_store_batch, 0);
+    if (o->download_rgb8)
+        o->download_rgb8 = PW(download_rgb8, 1);
     return 1;
 }
 

@@ -793,6 +793,35 @@ static void t_kv_load(kn_dtype kvdt, int64_t ntok, int pt, int64_t width, int64_
     kv_case_drop(&k);
 }
 
+/* kn_download_rgb8: the device's bytes equal the host's, every one (values around and outside
+ * [0, 1], the rounding ties, a NaN; a strided view) */
+static void t_download_rgb8(int frames, int64_t hw, int64_t ld)
+{
+    char what[96];
+    snprintf(what, sizeof what, "%d frames of %lld samples (ld %lld)", frames, (long long)hw, (long long)ld);
+    tp t = mk(3 * (int64_t)frames, hw, ld);
+    size_t n = (size_t)(3 * frames * hw);
+    float *h = rnd(n, 0.6f);
+    for (size_t i = 0; i < n; i++)
+        h[i] += 0.5f; /* -0.1 .. 1.1 */
+    const float edge[] = {0.0f, 1.0f, 0.5f / 255.0f, 1.5f / 255.0f, 127.5f / 255.0f, -0.0f, 2.0f, -1.0f, NAN};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0] && i < n; i++)
+        h[i * 7 % n] = edge[i];
+    put(&t, h);
+    uint8_t *a = malloc(n), *r = malloc(n);
+    ok_both(kn_download_rgb8(gpu, t.g, frames, a), kn_download_rgb8(cpu, t.c, frames, r), "download_rgb8", what);
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++)
+        diff += a[i] != r[i];
+    CHECK(diff == 0, "download_rgb8 %s: %zu of %zu bytes differ from the CPU's", what, diff, n);
+    if (hw > 56) /* the edges sit in frame 0's R plane at samples 7i: 0, 1, ..., 2, -1, NaN */
+        CHECK(r[0] == 0 && r[3 * 7] == 255 && r[3 * 42] == 0 && r[3 * 49] == 255 && r[3 * 56] == 0,
+              "download_rgb8 %s: by hand: 0 -> %d, 1 -> %d, 2 -> %d, -1 -> %d, NaN -> %d", what, r[0], r[21],
+              r[147], r[126], r[168]);
+    free(h), free(a), free(r);
+    drop(&t);
+}
+
 static void attention_suite(void)
 {
     const attn_case cs[] = {
@@ -893,6 +922,8 @@ static void op_suite(void)
     t_kv_store(KN_F32, 1000, 64, 256, 1, 128, 777, 128);
     t_kv_store(KN_BF16, 50, 0, 64, 3, 5, 30, 18); /* contiguous */
     t_kv_store_batch(KN_BF16, 8, 120, 6, 64, 0, 30, 32);  /* per-head k: one launch for 8 streams */
+    t_download_rgb8(12, 2501, 2501);
+    t_download_rgb8(3, 64, 70);
     t_kv_store_batch(KN_BF16, 3, 100, 10, 232, 0, 45, 224); /* MLA [c | k_r] */
     t_kv_store_batch(KN_BF16, 2, 60, 6, 64, 5, 20, 18);  /* odd column: stream by stream */
     t_kv_store_batch(KN_F32, 4, 60, 6, 64, 8, 20, 16);   /* f32 pool: stream by stream */

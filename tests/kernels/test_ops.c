@@ -748,6 +748,38 @@ static void test_copy_dtypes(void)
     GUARD_OK(QB);
 }
 
+/* kn_download_rgb8: planar frames to interleaved bytes, rounded, clamped, by hand */
+static void test_download_rgb8(void)
+{
+    /* 2 frames of 3 samples: frame f plane c sample p at row 3f + c */
+    float x[2 * 3 * 3] = {0.0f, 1.0f, 0.5f,  /* f0 R */
+                          2.0f, -1.0f, NAN,  /* f0 G */
+                          0.25f, 0.75f, 1.0f / 255.0f, /* f0 B */
+                          0.1f, 0.2f, 0.3f, 0.4f, 0.6f, 0.7f, 0.8f, 0.9f, 0.999f};
+    uint8_t want[2 * 3 * 3], got[2 * 3 * 3];
+    for (int f = 0; f < 2; f++)
+        for (int p = 0; p < 3; p++)
+            for (int c = 0; c < 3; c++) {
+                float v = x[(f * 3 + c) * 3 + p], q = v * 255.0f + 0.5f;
+                want[(f * 3 + p) * 3 + c] = isnan(v) || q < 0 ? 0 : q > 255 ? 255 : (uint8_t)(int)q;
+            }
+    CHECK(want[0] == 0 && want[3] == 255 && want[6] == 128 && want[1] == 255 && want[4] == 0 && want[7] == 0 &&
+              want[2] == 64 && want[5] == 191 && want[8] == 1,
+          "download_rgb8: the expected bytes by hand");
+    kn_tensor T = mkf(6, 3, x), B = newt(KN_BF16, 6, 3);
+    OK(kn_download_rgb8(be, T, 2, got));
+    CHECK(!memcmp(got, want, sizeof want), "download_rgb8: f32 planes to RGB24");
+    OK(kn_upload(be, B, x, KN_F32));
+    OK(kn_download_rgb8(be, B, 2, got));
+    CHECK(got[0] == 0 && got[3] == 255 && got[4] == 0 && got[7] == 0, "download_rgb8: bf16 planes");
+    CHECK(kn_download_rgb8(be, kn_rows(T, 0, 5), 2, got) == KN_ERR_ARG, "download_rgb8: 5 rows for 2 frames");
+    CHECK(kn_download_rgb8(be, T, 0, got) == KN_ERR_ARG, "download_rgb8: 0 frames");
+    CHECK(kn_download_rgb8(be, T, 2, NULL) == KN_ERR_ARG, "download_rgb8: no destination");
+    kn_backend_inject_fault(be, 0, 0);
+    CHECK(kn_download_rgb8(be, T, 2, got) == KN_ERR_DEVICE, "download_rgb8: injected fault");
+    kn_backend_inject_fault(be, -1, 0);
+}
+
 static void test_upload_download(void)
 {
     /* f32 host into bf16 / f16 storage */
@@ -2086,6 +2118,7 @@ int main(void)
     test_activations();
     test_copy_dtypes();
     test_upload_download();
+    test_download_rgb8();
     test_rope();
     test_groups();
     test_layernorm_modulate();
