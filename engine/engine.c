@@ -28,6 +28,8 @@ struct eng_stream {
     int64_t chunk; /* chunk in progress */
     int step;      /* 0..K-1 denoising, K = cache pass */
     int in_chunk;
+    int noise0_ready; /* the next chunk's first noise draw is in eps already (drawn while the cache
+                         pass ran); cleared when the slot or the noise function changes */
     uint64_t ctx_id; /* this chunk, unique in the engine (keys the model's MLA rebuild cache) */
     int64_t chunks_done;
     int64_t passes; /* forward passes this stream took part in */
@@ -484,6 +486,7 @@ eng_status eng_stream_offload(eng_stream_t *s)
         snprintf(s->err, sizeof s->err, "offload: a chunk is in progress");
         return ENG_ERR_ARG;
     }
+    s->noise0_ready = 0; /* eps is in the slot, which goes */
     int hs = -1;
     for (int i = 0; i < e->host_slots && hs < 0; i++)
         if (!e->host_used[i])
@@ -596,6 +599,7 @@ void eng_stream_set_noise(eng_stream_t *s, eng_noise_fn fn, void *user)
 {
     s->noise = fn ? fn : default_noise;
     s->noise_user = user;
+    s->noise0_ready = 0;
 }
 
 size_t eng_stream_kv_bytes(const eng_stream_t *s)
@@ -647,7 +651,9 @@ static eng_status begin_chunk(eng_stream_t *s)
     }
     s->in_chunk = 1;
     s->ctx_id = ++e->chunk_serial;
-    if (load_noise(s, 0) != KN_OK || kn_copy(e->be, s->x, s->eps) != KN_OK) {
+    int drawn = s->noise0_ready;
+    s->noise0_ready = 0;
+    if ((!drawn && load_noise(s, 0) != KN_OK) || kn_copy(e->be, s->x, s->eps) != KN_OK) {
         stream_fail(s, ENG_ERR_BACKEND, "noise: %s", kn_backend_error(e->be));
         return s->status;
     }
@@ -764,6 +770,12 @@ eng_status eng_step(eng_engine_t *e, eng_stream_t *const *streams, int n)
             s->in_chunk = 0;
             s->chunk++;
             s->step = 0;
+            /* the next chunk's first noise, drawn on the host now, while the GPU runs this cache
+             * pass (drawn at the chunk's start, the GPU would wait for it) */
+            if ((s->chunk + 1) * c->chunk_frames <= c->max_frames) {
+                ks = load_noise(s, 0);
+                s->noise0_ready = ks == KN_OK;
+            }
         }
         if (ks != KN_OK)
             stream_fail(s, ENG_ERR_BACKEND, "sampler: %s", kn_backend_error(e->be));

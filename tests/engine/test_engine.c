@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "engine/rng.h"
 #include "engine/kvpool.h"
 #include "engine/safetensors.h"
 #include "kernels/backend_impl.h" /* kn_f32_to_bf16 for the bf16 weight file */
@@ -470,6 +471,15 @@ static void const_noise(void *user, uint64_t seed, uint32_t chunk, uint32_t draw
         out[i] = cnoise_val * (float)((i % 7) - 3);
 }
 
+/* Philox noise for chunk 0, const_noise after */
+static void philox_then_const(void *user, uint64_t seed, uint32_t chunk, uint32_t draw, float *out, size_t n)
+{
+    if (chunk == 0)
+        eng_noise(seed, chunk, draw, out, n);
+    else
+        const_noise(user, seed, chunk, draw, out, n);
+}
+
 static void test_kv_dtype_noise_frames(void)
 {
     printf("bf16 KV storage, injected noise, frames\n");
@@ -521,6 +531,27 @@ static void test_kv_dtype_noise_frames(void)
     }
     CHECK(eng_stream_take_frames(s) == NULL, "frames are taken once");
     eng_stream_close(s);
+    {
+        /* a noise function set between chunks decides the next chunk from its first draw (the
+         * engine draws a chunk's first noise early, at the previous chunk's cache pass, and must
+         * draw it again): chunk 1 as with a function that was Philox for chunk 0 and const after */
+        static float sw[2][NLAT];
+        for (int k = 0; k < 2; k++) {
+            eng_stream_t *t = NULL;
+            CHECK(eng_stream_open(e32, 7, "a red square", &t) == ENG_OK, "open: %s", eng_error(e32));
+            if (!t)
+                break;
+            if (k == 0)
+                eng_stream_set_noise(t, philox_then_const, NULL);
+            CHECK(eng_generate_chunk(e32, &t, 1) == ENG_OK, "chunk 0");
+            if (k == 1)
+                eng_stream_set_noise(t, const_noise, NULL);
+            CHECK(eng_generate_chunk(e32, &t, 1) == ENG_OK, "chunk 1");
+            eng_stream_last_latent(t, sw[k], NLAT);
+            eng_stream_close(t);
+        }
+        CHECK(!memcmp(sw[0], sw[1], sizeof sw[0]), "noise set between chunks is used from the next chunk's first draw");
+    }
     eng_close(e32);
 }
 
