@@ -814,10 +814,10 @@ static void t_download_rgb8(int frames, int64_t hw, int64_t ld)
     for (size_t i = 0; i < n; i++)
         diff += a[i] != r[i];
     CHECK(diff == 0, "download_rgb8 %s: %zu of %zu bytes differ from the CPU's", what, diff, n);
-    if (hw > 56) /* the edges sit in frame 0's R plane at samples 7i: 0, 1, ..., 2, -1, NaN */
-        CHECK(r[0] == 0 && r[3 * 7] == 255 && r[3 * 42] == 0 && r[3 * 49] == 255 && r[3 * 56] == 0,
+    if (hw > 56) /* the edges sit in frame 0's R plane at samples 7i: 0, 1, ..., 2 (42), -1 (49), NaN (56) */
+        CHECK(r[0] == 0 && r[3 * 7] == 255 && r[3 * 42] == 255 && r[3 * 49] == 0 && r[3 * 56] == 0,
               "download_rgb8 %s: by hand: 0 -> %d, 1 -> %d, 2 -> %d, -1 -> %d, NaN -> %d", what, r[0], r[21],
-              r[147], r[126], r[168]);
+              r[126], r[147], r[168]);
     free(h), free(a), free(r);
     drop(&t);
 }
