@@ -2,6 +2,7 @@
 #ifndef VMLA_BENCH_UTIL_H
 #define VMLA_BENCH_UTIL_H
 
+#include <string.h>
 #include <time.h>
 
 #include "kernels/backend.h"
@@ -36,5 +37,11 @@ static inline int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name,
     return 0;
 }
 #endif
+
+/* Ops in which the host waits for the GPU (host-timed profile): the downloads and sync. */
+static inline int prof_waits(const char *op)
+{
+    return !strcmp(op, "download") || !strcmp(op, "download_rgb8") || !strcmp(op, "sync");
+}
 
 #endif

@@ -33,6 +33,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include "bench/bench_util.h" /* now_s, cmpd, the profiler's entry points (VMLA_HAVE_CUDA) */
 #include "engine/engine.h"
 #include "kernels/backend.h"
 
@@ -41,22 +42,6 @@ const char *kn_cuda_attention_variant(const kn_backend_t *be);
 const char *kn_cuda_attention_last(const kn_backend_t *be);
 int kn_cuda_attention_select(kn_backend_t *be, const char *name);
 void kn_cuda_cudnn_info(const kn_backend_t *be, char *buf, size_t n);
-int kn_cuda_profile_on(kn_backend_t *be, int on);
-int kn_cuda_profile_read(kn_backend_t *be, double ms[4], long count[4]);
-int kn_cuda_profile_op(kn_backend_t *be, int i, const char **name, double *ms, long *count, double host[2]);
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmpd(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* Percentile p (0..100) of n sorted values, nearest rank. */
 static double pct(const double *v, int n, double p)
@@ -109,10 +94,7 @@ static int profile_host_and_drained(eng_engine_t *e, eng_stream_t **s, kn_backen
         const char *on;
         double oms, h[2];
         for (int i = 0; kn_cuda_profile_op(be, i, &on, &oms, &oc, h); i++) {
-            if (!strncmp(on, "download", 8) || !strcmp(on, "sync")) /* download, download_rgb8 */
-                wait += h[0];
-            else
-                enq += h[0];
+            *(prof_waits(on) ? &wait : &enq) += h[0];
             gpu += oms;
         }
         if (mode == 2)

@@ -418,10 +418,7 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
         const char *name;
         long c;
         for (int i = 0; kn_cuda_profile_op(be, i, &name, &m, &c, h); i++)
-            if (strncmp(name, "download", 8) && strcmp(name, "sync")) /* download, download_rgb8 */
-                enq += h[0];
-            else
-                wait += h[0];
+            *(prof_waits(name) ? &wait : &enq) += h[0];
         kn_cuda_profile_on(be, 0);
         printf("    host-timed %s %s N=%d, one chunk each: wall %.1f ms; host inside ops %.1f ms, waiting for the GPU "
                "%.1f ms, elsewhere %.1f ms\n",
@@ -437,12 +434,16 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
            layout, single ? "single" : "batched", n, wall, busy, 100 * busy / wall, ms[0], ms[1], ms[2], cnt[2], ms[3]);
     const char *top[3] = {0};
     double tms[3] = {0};
+    char per_op[2048] = "";
+    size_t used = 0;
     for (int i = 0;; i++) {
         const char *name;
         double m;
         long c;
         if (!kn_cuda_profile_op(be, i, &name, &m, &c, NULL))
             break;
+        if (c && used < sizeof per_op)
+            used += (size_t)snprintf(per_op + used, sizeof per_op - used, " %s %.1f (%ld)", name, m, c);
         for (int k = 0; k < 3; k++)
             if (m > tms[k]) {
                 for (int q = 2; q > k; q--)
@@ -455,17 +456,7 @@ static int profile_chunk(eng_engine_t *e, kn_backend_t *be, int n, int single, c
     printf("; top ops:");
     for (int k = 0; k < 3 && top[k]; k++)
         printf(" %s %.1f", top[k], tms[k]);
-    printf("\n      per op (ms, calls):");
-    for (int i = 0;; i++) {
-        const char *name;
-        double m;
-        long c;
-        if (!kn_cuda_profile_op(be, i, &name, &m, &c, NULL))
-            break;
-        if (c)
-            printf(" %s %.1f (%ld)", name, m, c);
-    }
-    printf("\n");
+    printf("\n      per op (ms, calls):%s\n", per_op);
     jsep();
     if (jf)
         fprintf(jf, "  {\"kind\": \"profile\", \"layout\": \"%s\", \"mode\": \"%s\", \"streams\": %d, \"wall_ms\": %.2f, "

@@ -65,6 +65,27 @@ static double maxdiff(const float *a, const float *b, int n)
     return m;
 }
 
+/* Step streams s[0..n) in one batch, each leaving it once it has NCH chunks, until all have them;
+ * chunk c of stream i's latent into out[i][c]. */
+static void step_together(eng_engine_t *e, eng_stream_t **s, int n, float (*out)[NCH][NLAT])
+{
+    int got[8] = {0}, left = n;
+    for (int guard = 0; guard < 200 && left > 0; guard++) {
+        eng_stream_t *run[8];
+        int nr = 0;
+        for (int i = 0; i < n; i++)
+            if (got[i] < NCH)
+                run[nr++] = s[i];
+        CHECK(eng_step(e, run, nr) == ENG_OK, "batched step: %s", eng_error(e));
+        for (int i = 0; i < n; i++)
+            if (got[i] < NCH && eng_stream_take_frames(s[i])) {
+                eng_stream_last_latent(s[i], out[i][got[i]++], NLAT);
+                left -= got[i] == NCH;
+            }
+    }
+    CHECK(left == 0, "every stream made its %d chunks", NCH);
+}
+
 static void test_determinism_and_batching(const char *preset)
 {
     printf("%s: determinism and batching\n", preset);
@@ -86,22 +107,9 @@ static void test_determinism_and_batching(const char *preset)
     const char *prompts[3] = {"a blue circle", "a blue circle", "a green star"};
     for (int i = 0; i < 3; i++)
         CHECK(eng_stream_open(e, seeds[i], prompts[i], &s[i]) == ENG_OK, "open %d", i);
-    int chunks[3] = {0};
     eng_stream_t *first[2] = {s[0], s[2]};
     CHECK(eng_step(e, first, 2) == ENG_OK && eng_step(e, first, 2) == ENG_OK, "two passes without stream 1");
-    for (int guard = 0; guard < 100 && (chunks[0] < NCH || chunks[1] < NCH || chunks[2] < NCH); guard++) {
-        eng_stream_t *run[3];
-        int n = 0;
-        for (int i = 0; i < 3; i++)
-            if (chunks[i] < NCH)
-                run[n++] = s[i];
-        CHECK(eng_step(e, run, n) == ENG_OK, "batched step: %s", eng_error(e));
-        for (int i = 0; i < 3; i++)
-            if (chunks[i] < NCH && eng_stream_take_frames(s[i])) {
-                eng_stream_last_latent(s[i], bat[i][chunks[i]], NLAT);
-                chunks[i]++;
-            }
-    }
+    step_together(e, s, 3, bat);
     double d0 = 0, d1 = 0, d2 = 0;
     for (int ch = 0; ch < NCH; ch++) {
         d0 = fmax(d0, maxdiff(bat[0][ch], a[ch], NLAT));
@@ -238,18 +246,7 @@ static void test_rebuild_cache(void)
     CHECK(eng_stream_open(e1, 21, prompt[0], &s[0]) == ENG_OK && eng_stream_open(e1, 22, prompt[1], &s[1]) == ENG_OK,
           "open two");
     CHECK(eng_step(e1, &s[1], 1) == ENG_OK, "one pass of the second stream alone");
-    int got[2] = {0, 0};
-    for (int guard = 0; guard < 200 && (got[0] < NCH || got[1] < NCH); guard++) {
-        eng_stream_t *run[2];
-        int nr = 0;
-        for (int k = 0; k < 2; k++)
-            if (got[k] < NCH)
-                run[nr++] = s[k];
-        CHECK(eng_step(e1, run, nr) == ENG_OK, "batched step: %s", eng_error(e1));
-        for (int k = 0; k < 2; k++)
-            if (got[k] < NCH && eng_stream_take_frames(s[k]))
-                eng_stream_last_latent(s[k], bat[k][got[k]++], NLAT);
-    }
+    step_together(e1, s, 2, bat);
     d = 0;
     for (int k = 0; k < 2; k++)
         for (int ch = 0; ch < NCH; ch++)
