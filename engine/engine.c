@@ -273,9 +273,10 @@ eng_status eng_open(eng_engine_t **out, kn_backend_t *be, const eng_config *cfg,
          * f32 parity mode) absorbs, measured faster on the CPU (docs/MODEL.md) */
         rebuild = env && *env ? !strcmp(env, "rebuild") : kn_backend_compute_dtype(be) != KN_F32;
     }
-    if (eng_model_init(&e->m, c, be, &e->w, NULL, o.max_batch, c->chunk_frames, c->latent_h,
-                       c->latent_w, rebuild, err, errlen)) {
-        st = ENG_ERR_NOMEM;
+    int mr = eng_model_init(&e->m, c, be, &e->w, NULL, o.max_batch, c->chunk_frames, c->latent_h, c->latent_w,
+                            rebuild, err, errlen);
+    if (mr) {
+        st = mr == -2 ? ENG_ERR_ARG : ENG_ERR_NOMEM;
         goto bad;
     }
     shp s[7];

@@ -3,7 +3,9 @@
  * Shapes in comments: B streams in the batch, N tokens a chunk, Nt = B*N, D = dim, H heads,
  * dh head dim, dc/dr the MLA latent and RoPE widths. Equations are those of docs/MODEL.md.
  */
+#include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,11 +68,7 @@ static int acts(eng_model *m, act *a)
             int64_t tmax = (int64_t)(c->sink + c->window) * (m->h / 2) * (m->wd / 2);
             int64_t wl = c->d_c + c->d_r, wk = H * (dh + c->d_r) + H * dh;
             size_t per = (size_t)tmax * (size_t)(wl + wk) * kn_dtype_size(kn_backend_compute_dtype(m->be));
-            size_t budget = ENG_REBUILD_BYTES;
-            const char *env = getenv("VMLA_MLA_REBUILD_BYTES"); /* tests: a smaller budget */
-            if (env && *env)
-                budget = (size_t)strtoull(env, NULL, 10);
-            int64_t r = per > 0 ? (int64_t)(budget / per) : 1;
+            int64_t r = per > 0 ? (int64_t)(m->rebuild_bytes / per) : 1;
             m->rebuild_streams = (int)(r < 1 ? 1 : r > B ? B : r);
             A(lat_tmp, m->rebuild_streams * tmax, wl);
             A(kvr, m->rebuild_streams * tmax, wk);
@@ -139,12 +137,8 @@ static int init_rebuild_cache(eng_model *m, char *err, size_t errlen)
     int64_t tmax = (int64_t)(c->sink + c->window) * (m->h / 2) * (m->wd / 2);
     int64_t wk = (int64_t)c->heads * (2 * c->head_dim + c->d_r);
     kn_dtype dt = kn_backend_compute_dtype(m->be);
-    size_t budget = ENG_REBUILD_CACHE_BYTES;
-    const char *env = getenv("VMLA_MLA_REBUILD_CACHE_BYTES");
-    if (env && *env)
-        budget = (size_t)strtoull(env, NULL, 10);
     size_t slot = (size_t)c->layers * (size_t)tmax * (size_t)wk * kn_dtype_size(dt);
-    int64_t ns = slot ? (int64_t)(budget / slot) : 0;
+    int64_t ns = slot ? (int64_t)(m->rbc_budget / slot) : 0;
     if (ns > m->max_batch)
         ns = m->max_batch;
     if (ns < 1)
@@ -169,11 +163,34 @@ static int init_rebuild_cache(eng_model *m, char *err, size_t errlen)
     return 0;
 }
 
+/* A byte count from the environment: unset or empty gives def; otherwise plain decimal digits.
+ * Returns 0, or -1 with a message. */
+static int env_bytes(const char *name, size_t def, size_t *out, char *err, size_t errlen)
+{
+    const char *v = getenv(name);
+    *out = def;
+    if (!v || !*v)
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*v < '0' || *v > '9' || *end || errno || x > SIZE_MAX) {
+        snprintf(err, errlen, "%s='%.40s': expected a byte count (decimal digits)", name, v);
+        return -1;
+    }
+    *out = (size_t)x;
+    return 0;
+}
+
 int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const eng_weights *w,
                    kv_pool_t *pool, int max_batch, int F, int h, int wd, int mla_rebuild, char *err,
                    size_t errlen)
 {
     memset(m, 0, sizeof *m);
+    /* the MLA rebuild's budgets (model.h): environment overrides, checked */
+    if (env_bytes("VMLA_MLA_REBUILD_BYTES", ENG_REBUILD_BYTES, &m->rebuild_bytes, err, errlen) ||
+        env_bytes("VMLA_MLA_REBUILD_CACHE_BYTES", ENG_REBUILD_CACHE_BYTES, &m->rbc_budget, err, errlen))
+        return -2;
     m->mla_rebuild = c->layout == ENG_LAYOUT_MLA && mla_rebuild;
     for (int i = 0; i < ENG_FWD_MAX; i++)
         m->fwd_slot[i] = -1; /* no rebuild cache slot until rbc_assign gives one */

@@ -46,8 +46,10 @@ typedef struct {
     kn_tensor rope; /* [B*N, d] f32: (cos, sin) of every token's RoPE pairs, for the pass's streams */
     kn_tensor ckr, ckv, kr, qt, qa, olat; /* MLA; ckv | kr are the two column ranges of ckr */
     int mla_rebuild;   /* MLA attention: 1 rebuild per-head K/V from the latent window, 0 absorb */
-    int rebuild_streams; /* rebuild: windows rebuilt at once (as many as ENG_REBUILD_BYTES hold, at
+    int rebuild_streams; /* rebuild: windows rebuilt at once (as many as rebuild_bytes hold, at
                             most max_batch) */
+    size_t rebuild_bytes; /* ENG_REBUILD_BYTES or $VMLA_MLA_REBUILD_BYTES */
+    size_t rbc_budget;    /* ENG_REBUILD_CACHE_BYTES or $VMLA_MLA_REBUILD_CACHE_BYTES */
     kn_tensor lat_tmp; /* rebuild: [rebuild_streams*T_max, dc+dr] windows' latent rows, gathered */
     kn_tensor kvr;     /* rebuild: [rebuild_streams*T_max, H*(dh+dr) + H*dh] per-head keys | values */
     /* rebuild cache: a stream-chunk's context (sink + window frames before the chunk) has the same
@@ -79,7 +81,7 @@ typedef struct {
 } eng_model;
 
 /* Carve the activations for batches of up to max_batch chunks of F frames of h x w latents.
- * Returns 0 or -1 with a message. */
+ * Returns 0, -1 with a message (out of memory), or -2 with a message (a bad environment override). */
 int eng_model_init(eng_model *m, const eng_config *c, kn_backend_t *be, const eng_weights *w,
                    kv_pool_t *pool, int max_batch, int F, int h, int wd, int mla_rebuild, char *err,
                    size_t errlen);

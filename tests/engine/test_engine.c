@@ -211,6 +211,23 @@ static void test_rebuild_cache(void)
     eng_engine_t *e1 = open_engine_mla("tiny-test-mla", NULL, 2, 2, 0, ENG_MLA_REBUILD);
     if (!e0 || !e1)
         goto out;
+    /* a budget that is not a byte count is refused at open, with the variable named */
+    const char *bad[3] = {"6G", "-1", "12x"};
+    for (int k = 0; k < 3; k++) {
+        eng_config c;
+        char err[256] = "";
+        eng_config_preset(&c, "tiny-test-mla", err, sizeof err);
+        eng_options o;
+        eng_options_default(&o);
+        o.mla_attention = ENG_MLA_REBUILD;
+        eng_engine_t *eb = NULL;
+        setenv("VMLA_MLA_REBUILD_CACHE_BYTES", bad[k], 1);
+        eng_status st = eng_open(&eb, be, &c, &o, err, sizeof err);
+        unsetenv("VMLA_MLA_REBUILD_CACHE_BYTES");
+        CHECK(st == ENG_ERR_ARG && !eb && strstr(err, "VMLA_MLA_REBUILD_CACHE_BYTES"),
+              "VMLA_MLA_REBUILD_CACHE_BYTES=%s refused: %d '%s'", bad[k], (int)st, err);
+        eng_close(eb);
+    }
     int slots;
     size_t slot_bytes;
     int64_t reuses;
