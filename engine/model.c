@@ -373,7 +373,10 @@ static kn_status rebuild_cached(eng_model *m, int layer, const eng_fwd_item *it,
 
 /* Before a forward: each item's rebuild cache slot. An item keeps the slot of its stream-chunk;
  * one without takes the lowest free slot, else the least recently used one no item of this
- * forward holds, else none (rebuilt every pass). A new slot's context rows are built this pass. */
+ * forward holds. A new slot's context rows are built this pass. When not every item gets a slot,
+ * none uses one this pass (the new ones are given back; ready ones stay for later passes): a
+ * batch split into cached and rebuilt runs was measured slower than rebuilding all of it
+ * (bench/RESULTS.md, run 8: 311.9 vs 323.3 frames/s, 16 streams, 10 slots). */
 static void rbc_assign(eng_model *m, const eng_fwd_item *it, int n)
 {
     m->fwd_serial++;
@@ -385,7 +388,6 @@ static void rbc_assign(eng_model *m, const eng_fwd_item *it, int n)
                 m->fwd_slot[b] = s;
                 m->fwd_fill[b] = !m->rbc_ready[s];
                 m->rbc_used[s] = m->fwd_serial;
-                m->rbc_reuses += m->rbc_ready[s];
             }
     }
     for (int b = 0; b < n; b++) {
@@ -409,6 +411,22 @@ static void rbc_assign(eng_model *m, const eng_fwd_item *it, int n)
         m->rbc_used[best] = m->fwd_serial;
         m->fwd_slot[b] = best;
         m->fwd_fill[b] = 1;
+    }
+    int all = 1;
+    for (int b = 0; b < n; b++)
+        all &= m->fwd_slot[b] >= 0 || !it[b].ctx_id;
+    for (int b = 0; b < n; b++) {
+        int s = m->fwd_slot[b];
+        if (s < 0)
+            continue;
+        if (all) {
+            m->rbc_reuses += !m->fwd_fill[b];
+            continue;
+        }
+        if (m->fwd_fill[b]) /* taken for this pass: give it back */
+            m->rbc_id[s] = 0;
+        m->fwd_slot[b] = -1;
+        m->fwd_fill[b] = 0;
     }
 }
 

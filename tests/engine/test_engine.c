@@ -248,8 +248,10 @@ static void test_rebuild_cache(void)
     CHECK(d < 1e-5, "the cache gives the latents of rebuilding every pass (max |diff| %.3g)", d);
     CHECK(r1 >= 4 * (NCH - 1), "later passes reused the chunk's context (%lld)", (long long)r1);
     eng_close(e1);
-    /* one slot for two streams at different passes: one stream cached, the other rebuilt every
-     * pass, the slot passing between them at chunk ends */
+    /* one slot for two streams: batched (at different passes) a forward has more streams than
+     * slots, so none uses the cache and nothing is reused; one chunk at a time, alternating
+     * streams, every chunk takes the slot (freed at the previous chunk's end) and its four later
+     * passes reuse it. Both ways, each stream's latents are those of rebuilding every pass. */
     char b[32];
     snprintf(b, sizeof b, "%zu", slot_bytes);
     setenv("VMLA_MLA_REBUILD_CACHE_BYTES", b, 1);
@@ -259,22 +261,43 @@ static void test_rebuild_cache(void)
         goto out;
     eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &reuses);
     CHECK(slots == 1, "a budget of one slot: one slot (%d)", slots);
-    eng_stream_t *s[2] = {0};
-    CHECK(eng_stream_open(e1, 21, prompt[0], &s[0]) == ENG_OK && eng_stream_open(e1, 22, prompt[1], &s[1]) == ENG_OK,
-          "open two");
-    CHECK(eng_step(e1, &s[1], 1) == ENG_OK, "one pass of the second stream alone");
-    step_together(e1, s, 2, bat);
-    d = 0;
-    for (int k = 0; k < 2; k++)
-        for (int ch = 0; ch < NCH; ch++)
-            d = fmax(d, maxdiff(bat[k][ch], off[k][ch], NLAT));
-    eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &reuses);
-    printf("  two streams, one slot, batched at different passes vs alone: max |diff| %.3g (%lld reuses)\n", d,
-           (long long)reuses);
-    CHECK(d < 1e-5, "one slot for two streams: each equals alone (max |diff| %.3g)", d);
-    CHECK(reuses > 0, "the slot was used (%lld reuses)", (long long)reuses);
-    for (int k = 0; k < 2; k++)
-        eng_stream_close(s[k]);
+    for (int way = 0; way < 2; way++) {
+        eng_stream_t *s[2] = {0};
+        CHECK(eng_stream_open(e1, 21, prompt[0], &s[0]) == ENG_OK &&
+                  eng_stream_open(e1, 22, prompt[1], &s[1]) == ENG_OK,
+              "open two");
+        if (!s[0] || !s[1])
+            break;
+        int64_t r0;
+        eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &r0);
+        if (way == 0) {
+            CHECK(eng_step(e1, &s[1], 1) == ENG_OK, "one pass of the second stream alone");
+            step_together(e1, s, 2, bat);
+        } else {
+            for (int ch = 0; ch < NCH; ch++)
+                for (int k = 0; k < 2; k++) {
+                    CHECK(eng_generate_chunk(e1, &s[k], 1) == ENG_OK, "chunk: %s", eng_error(e1));
+                    eng_stream_last_latent(s[k], bat[k][ch], NLAT);
+                }
+        }
+        d = 0;
+        for (int k = 0; k < 2; k++)
+            for (int ch = 0; ch < NCH; ch++)
+                d = fmax(d, maxdiff(bat[k][ch], off[k][ch], NLAT));
+        eng_rebuild_cache_stats(e1, &slots, &slot_bytes, &reuses);
+        printf("  two streams, one slot, %s vs alone: max |diff| %.3g (%lld reuses)\n",
+               way ? "a chunk at a time" : "batched", d, (long long)(reuses - r0));
+        CHECK(d < 1e-5, "one slot for two streams (%s): each equals alone (max |diff| %.3g)",
+              way ? "a chunk at a time" : "batched", d);
+        if (way == 0)
+            CHECK(reuses == r0, "a batch with more streams than slots uses no slot (%lld reuses)",
+                  (long long)(reuses - r0));
+        else
+            CHECK(reuses - r0 == 8 * NCH, "each chunk's four later passes reused its context (%lld of %d)",
+                  (long long)(reuses - r0), 8 * NCH);
+        for (int k = 0; k < 2; k++)
+            eng_stream_close(s[k]);
+    }
 out:
     eng_close(e0);
     eng_close(e1);
