@@ -261,17 +261,7 @@ kn_status kn_download_rgb8(kn_backend_t *be, kn_tensor t, int frames, uint8_t *d
     VIEW(t, "download_rgb8");
     CHECK(dst && frames > 0 && t.rows == 3 * (int64_t)frames,
           "download_rgb8: %lld rows for %d frames (3 planes a frame)", (long long)t.rows, frames);
-    if (be->ops->download_rgb8)
-        CALL(download_rgb8, t, frames, dst);
-    INJECT(download_rgb8);
-    float *f = malloc(sizeof(float) * (size_t)t.rows * (size_t)t.cols);
-    if (!f)
-        return kn_fail(be, KN_ERR_NOMEM, "download_rgb8: out of host memory");
-    kn_status st = be->ops->download(be, t, f);
-    if (st == KN_OK)
-        kn_rgb8_frames(f, frames, t.cols, dst);
-    free(f);
-    return st;
+    CALL(download_rgb8, t, frames, dst);
 }
 
 kn_status kn_sync(kn_backend_t *be)

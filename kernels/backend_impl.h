@@ -70,37 +70,12 @@ typedef struct kn_backend_ops {
     kn_status (*buffer_copy)(kn_backend_t *be, void *dst, const void *src, size_t bytes);
     kn_status (*mem_info)(kn_backend_t *be, size_t *free_bytes, size_t *total_bytes);
 
-    /* optional (NULL: download as floats, convert on the host); arguments checked */
+    /* arguments checked */
     kn_status (*download_rgb8)(kn_backend_t *be, kn_tensor t, int frames, uint8_t *dst);
     /* optional (NULL: kn_kv_store_batch stores stream by stream); arguments checked */
     kn_status (*kv_store_batch)(kn_backend_t *be, const kn_kv *kv, const int64_t *tok0, int n, int64_t col,
                                 kn_tensor src);
 } kn_backend_ops;
-
-/* A [0, 1] sample as a video byte (kn_download_rgb8): rounded to nearest, ties up, clamped. */
-static inline uint8_t kn_rgb8(float v)
-{
-    float q = v * 255.0f + 0.5f;
-    if (!(q >= 0.0f))
-        q = 0.0f; /* also NaN */
-    if (q > 255.0f)
-        q = 255.0f;
-    return (uint8_t)(int)q;
-}
-
-/* Planar frames (R, G, B planes of hw samples each, frame after frame) to interleaved RGB24. */
-static inline void kn_rgb8_frames(const float *planar, int frames, int64_t hw, uint8_t *dst)
-{
-    for (int f = 0; f < frames; f++) {
-        const float *r = planar + (size_t)f * 3 * (size_t)hw, *g = r + hw, *b = g + hw;
-        uint8_t *d = dst + (size_t)f * (size_t)hw * 3;
-        for (int64_t p = 0; p < hw; p++) {
-            d[3 * p] = kn_rgb8(r[p]);
-            d[3 * p + 1] = kn_rgb8(g[p]);
-            d[3 * p + 2] = kn_rgb8(b[p]);
-        }
-    }
-}
 
 struct kn_backend {
     const kn_backend_ops *ops;

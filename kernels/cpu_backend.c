@@ -54,6 +54,18 @@ static kn_status cpu_download(kn_backend_t *be, kn_tensor t, float *dst)
     return KN_OK;
 }
 
+/* A [0, 1] sample as a video byte (kn_download_rgb8): rounded to nearest, ties up, clamped; the
+ * CUDA kernel rounds the same way. */
+static uint8_t rgb8_of(float v)
+{
+    float q = v * 255.0f + 0.5f;
+    if (!(q >= 0.0f))
+        q = 0.0f; /* also NaN */
+    if (q > 255.0f)
+        q = 255.0f;
+    return (uint8_t)(int)q;
+}
+
 /* The planes are read where they are: no float copy of the chunk. */
 static kn_status cpu_download_rgb8(kn_backend_t *be, kn_tensor t, int frames, uint8_t *dst)
 {
@@ -65,7 +77,7 @@ static kn_status cpu_download_rgb8(kn_backend_t *be, kn_tensor t, int frames, ui
         uint8_t *d = dst + (size_t)f * (size_t)t.cols * 3;
         for (int64_t p = 0; p < t.cols; p++)
             for (int c = 0; c < 3; c++)
-                d[3 * p + c] = kn_rgb8(kn_load(pl[c], t.dtype, (size_t)p));
+                d[3 * p + c] = rgb8_of(kn_load(pl[c], t.dtype, (size_t)p));
     }
     return KN_OK;
 }
