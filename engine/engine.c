@@ -329,7 +329,7 @@ int eng_mla_rebuild(const eng_engine_t *e) { return e->m.mla_rebuild; }
 void eng_rebuild_cache_stats(const eng_engine_t *e, int *slots, size_t *slot_bytes, int64_t *reuses)
 {
     *slots = e->m.rbc_slots;
-    *slot_bytes = e->m.rbc_slots ? e->m.rbc_slot_bytes : 0;
+    *slot_bytes = e->m.rbc_slot_bytes; /* set only when there are slots */
     *reuses = e->m.rbc_reuses;
 }
 kn_backend_t *eng_backend(const eng_engine_t *e) { return e->be; }
