@@ -27,7 +27,7 @@ prompt set  --held N held-out and --seen M training combinations, generated for 
 Usage: evaluate.py --preset tiny --model models/vmla-tiny.safetensors [--held 8 --seen 2]
                    [--short-held 16 --short-seen 4] [--seconds 60] [--json out.json]
                    [--gen build/vmla-gen] [--seed 1] [--prompt-seed 7]
-                   [--sampler-steps 1000,750,500,250 --sampler-shift 5]
+                   [--sampler-steps 1000,750,500,250 --sampler-shift 5] [--device cuda]
 --seed and --prompt-seed other than 1 and 7 give another prompt set and other noise, for choosing
 settings apart from the standard set; --sampler-* are passed to vmla-gen (without them the model
 file's sampler runs).
@@ -241,11 +241,12 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--prompt-seed", type=int, default=7,
                     help="seed of the prompt draw (7: the standard set; another one for tuning)")
+    ap.add_argument("--device", default="", help="vmla-gen --device (cpu, cuda; default vmla-gen's: cpu)")
     ap.add_argument("--sampler-steps", help="vmla-gen --sampler-steps (default: the model file's)")
     ap.add_argument("--sampler-shift", help="vmla-gen --sampler-shift (default: the model file's)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    gen_extra = []
+    gen_extra = ["--device", args.device] if args.device else []
     if args.sampler_steps:
         gen_extra += ["--sampler-steps", args.sampler_steps]
     if args.sampler_shift:
@@ -287,7 +288,7 @@ def main():
     longs = [r for r in rows if "adh60" in r]
     held_long = [r for r in longs if r["heldout"]]
     summ = {"preset": args.preset, "model": os.path.basename(args.model), "videos": len(rows),
-            "sampler_steps": args.sampler_steps or "file", "sampler_shift": args.sampler_shift or "file",
+            "device": args.device or "cpu", "sampler_steps": args.sampler_steps or "file", "sampler_shift": args.sampler_shift or "file",
             "prompt_seed": args.prompt_seed, "seed": args.seed,
             "heldout": len(held), "seconds": args.seconds, "videos_long": len(longs),
             "heldout_long": len(held_long),

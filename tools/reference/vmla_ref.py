@@ -57,6 +57,11 @@ class Config:
             assert self.d_c > 0 and self.d_r > 0 and self.d_r % 2 == 0
 
 
+# (d_c, d_r) of the bundled MLA model (tiny; engine/config.c); train_dit.py --mla-dims overrides
+# it for a run. The models before the fourth round (models/README.md) had (64, 32).
+BUNDLED_MLA_DIMS = (32, 64)
+
+
 def preset(name, layout=None):
     """Presets of MODEL.md section 1. `layout` picks "mha"/"mla" for tiny-test and tiny-bundled.
 
@@ -66,7 +71,8 @@ def preset(name, layout=None):
         lay = layout or "mla"
         return Config(name="tiny" if lay == "mla" else "tiny-mha", layout=lay, dim=256, heads=4,
                       head_dim=64, layers=6, ffn_dim=768, freq_dim=128, latent_channels=8,
-                      text_dim=128, text_len=12, d_c=64, d_r=32, vocab=64, dec_ch=32, dec_n_up=3,
+                      text_dim=128, text_len=12, d_c=BUNDLED_MLA_DIMS[0], d_r=BUNDLED_MLA_DIMS[1],
+                      vocab=64, dec_ch=32, dec_n_up=3,
                       dec_t_up=4, text_pos=True)
     if name in ("tiny-test", "tiny"):
         return Config(name="tiny-test", layout=layout or "mha", dim=64, heads=4, head_dim=16,

@@ -85,6 +85,10 @@ SPEED_RANGE = (0.8, 2.2)      # pixels per video frame (recipe v1)
 RECIPES = {
     "v1": {"size": SIZE_RANGE, "speed": SPEED_RANGE, "start": None},
     "v2": {"size": (12.0, 14.0), "speed": (1.3, 1.7), "start": 2.0},
+    # v3: the video is a function of the prompt (half-size 13, 1.5 px/frame, start at the centre):
+    # what an MSE-trained few-step model draws is then the video itself, not a blurred mean of
+    # sizes, speeds and positions (the rounded squares of the v2 models; models/README.md)
+    "v3": {"size": (13.0, 13.0), "speed": (1.5, 1.5), "start": 0.0},
 }
 HELDOUT_FRACTION = 0.12
 HELDOUT_SEED = 20261201

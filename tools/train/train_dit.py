@@ -281,7 +281,11 @@ def main():
     ap.add_argument("--obj-weight", type=float, default=0.0, help="loss weight 1 + W on the object's latent pixels")
     ap.add_argument("--rollout", type=float, default=0.0,
                     help="fraction of sequences whose noisy inputs come from the model's own sampler steps")
+    ap.add_argument("--mla-dims", default="", help="d_c,d_r of the MLA layout (default: the tiny "
+                    "preset's, vmla_ref.BUNDLED_MLA_DIMS); the engine's preset must match to run the file")
     a = ap.parse_args()
+    if a.mla_dims:
+        R.BUNDLED_MLA_DIMS = tuple(int(x) for x in a.mla_dims.split(","))
     steps_list = [float(x) for x in a.sampler_steps.split(",")] if a.sampler_steps else list(vmla_rng.DEFAULT_STEPS)
     sigmas = vmla_rng.warped_sigmas(steps_list, a.sampler_shift)
     if a.threads:
