@@ -14,13 +14,14 @@ import { parseMessage, formatBytes, MSG_INIT } from './protocol.js';
 import { WebCodecsPlayer, MsePlayer } from './player.js';
 
 // Prompts the bundled MLA model draws right (colour, shape, direction, background judged by
-// tools/eval/evaluate.py on seeds 1-4 at 5 s, 2026-11-28: 4 of 4 each; squares and triangles are
-// still read as circles too often, models/README.md).
+// tools/eval/evaluate.py's measures on seeds 1-4 at 5 s, 2026-11-29, fourth-round models: 4 of 4
+// each; models/README.md). One of each shape.
 const EXAMPLES = [
-  'a blue circle moving up on a black background',
-  'a white cross moving down on a black background',
+  'a red square moving left on a white background',
+  'a yellow triangle moving up on a blue background',
+  'a green ring moving down on a gray background',
+  'a white cross moving left on a black background',
   'a yellow circle moving right on a blue background',
-  'a red circle moving left on a white background',
 ];
 const KEY_STORAGE = 'vmla.apiKey';
 const MAX_PROMPT_BYTES = 2000;
