@@ -80,9 +80,9 @@ static void tiny(eng_config *c)
     c->in_ch = 8;
     c->text_dim = 128;
     c->text_len = 12;
-    /* latent 32 + RoPE key 64 (96 values a token a layer, as per-head's 512 is 2 x 4 x 64): a
-     * 32-wide RoPE key (5 spatial frequencies an axis) left the model unable to place objects
-     * (models/README.md, fourth round) */
+    /* latent 32 + RoPE key 64 = 96 cached values a token a layer (per-head: 2 x 4 x 64 = 512).
+     * Until the fourth training round d_c 64 / d_r 32: a 32-wide RoPE key (5 spatial frequencies
+     * an axis) left the model unable to place objects (models/README.md) */
     c->d_c = 32;
     c->d_r = 64;
     c->vocab = 64;

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 import data as D      # noqa: E402
 
 TRAINING_NOTE = ("trained by tools/train (procedural shapes, teacher forcing with the sink + window "
-                 "cache mask, 4-step sampler sigmas); see models/README.md")
+                 "cache mask); see models/README.md")
 
 _NP = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
 

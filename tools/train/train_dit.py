@@ -285,7 +285,13 @@ def main():
                     "preset's, vmla_ref.BUNDLED_MLA_DIMS); the engine's preset must match to run the file")
     a = ap.parse_args()
     if a.mla_dims:
-        R.BUNDLED_MLA_DIMS = tuple(int(x) for x in a.mla_dims.split(","))
+        try:
+            dc, dr = (int(x) for x in a.mla_dims.split(","))
+        except ValueError:
+            ap.error("--mla-dims: expected two integers D_C,D_R (e.g. 32,64), got %r" % a.mla_dims)
+        if dc <= 0 or dr < 6 or dr % 2:
+            ap.error("--mla-dims: d_c must be > 0 and d_r an even number >= 6 (got %d,%d)" % (dc, dr))
+        R.BUNDLED_MLA_DIMS = (dc, dr)
     steps_list = [float(x) for x in a.sampler_steps.split(",")] if a.sampler_steps else list(vmla_rng.DEFAULT_STEPS)
     sigmas = vmla_rng.warped_sigmas(steps_list, a.sampler_shift)
     if a.threads:
@@ -362,8 +368,9 @@ def main():
         if a.export:
             import export as E
             E.export(ema.state_dict(), dec.state_dict(), a.layout, a.export,
-                     training="%s; step %d of %d (data %s, self-ctx %g%s%s)" % (
+                     training="%s; step %d of %d (data %s, self-ctx %g%s%s%s)" % (
                          E.TRAINING_NOTE, step, steps, a.data, a.self_ctx,
+                         ", d_c %d d_r %d" % R.BUNDLED_MLA_DIMS if a.layout == "mla" else "",
                          (", rollout %g, obj-weight %g" % (a.rollout, a.obj_weight)) if a.rollout or a.obj_weight else "",
                          ", from " + os.path.basename(a.init) if a.init else ""),
                      sampler=(steps_list, a.sampler_shift) if a.sampler_steps else None)
