@@ -92,6 +92,14 @@ def main():
     noise = np.random.default_rng(0).random(fr.shape).astype(np.float32)
     st, _ = E.stability(E.analyse(np.concatenate([fr[:16], noise[16:]])))
     check(not st["stable"], "a video that turns to noise is not")
+    # --prompt must name all four attributes: refused with a usage error before anything runs
+    import subprocess
+    for bad in ("a red thing", "", "a red square moving left"):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval", "evaluate.py"),
+                            "--gen", "/nonexistent/vmla-gen", "--prompt", bad, "--seconds", "5"],
+                           capture_output=True, text=True)
+        check(r.returncode == 2 and "name a colour, a shape" in r.stderr,
+              "--prompt %r refused (exit %d)" % (bad, r.returncode))
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

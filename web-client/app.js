@@ -13,9 +13,9 @@
 import { parseMessage, formatBytes, MSG_INIT } from './protocol.js';
 import { WebCodecsPlayer, MsePlayer } from './player.js';
 
-// Prompts the bundled MLA model draws right (colour, shape, direction, background judged by
-// tools/eval/evaluate.py's measures on seeds 1-4 at 5 s, 2026-11-29, fourth-round models: 4 of 4
-// each; models/README.md). One of each shape.
+// Prompts the bundled MLA model draws right: one of each shape, each right in 4 of 4 seeds at 5 s
+// (`tools/eval/evaluate.py --prompt P ... --seeds 4 --seconds 5`, 2026-11-29, fourth-round
+// models; models/README.md).
 const EXAMPLES = [
   'a red square moving left on a white background',
   'a yellow triangle moving up on a blue background',

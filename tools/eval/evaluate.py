@@ -28,6 +28,8 @@ Usage: evaluate.py --preset tiny --model models/vmla-tiny.safetensors [--held 8 
                    [--short-held 16 --short-seen 4] [--seconds 60] [--json out.json]
                    [--gen build/vmla-gen] [--seed 1] [--prompt-seed 7]
                    [--sampler-steps 1000,750,500,250 --sampler-shift 5] [--device cuda]
+       evaluate.py ... --prompt "a red square moving left on a white background" [--prompt ...]
+                   [--seeds 4] --seconds 5        (given prompts, each with seeds --seed..)
 --seed and --prompt-seed other than 1 and 7 give another prompt set and other noise, for choosing
 settings apart from the standard set; --sampler-* are passed to vmla-gen (without them the model
 file's sampler runs).
@@ -244,8 +246,27 @@ def main():
     ap.add_argument("--device", default="", help="vmla-gen --device (cpu, cuda; default vmla-gen's: cpu)")
     ap.add_argument("--sampler-steps", help="vmla-gen --sampler-steps (default: the model file's)")
     ap.add_argument("--sampler-shift", help="vmla-gen --sampler-shift (default: the model file's)")
+    ap.add_argument("--prompt", action="append", default=[],
+                    help="evaluate this prompt (repeatable; it must name colour, shape, direction and "
+                    "background) instead of a drawn set, with seeds --seed .. --seed + --seeds - 1")
+    ap.add_argument("--seeds", type=int, default=4, help="seeds a --prompt (default 4)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.prompt:
+        heldset = {tuple(c) for c in D.load_heldout()}
+        items = []
+        for text in args.prompt:
+            combo = D.parse_prompt(text)
+            if None in combo:
+                ap.error("--prompt %r: name a colour, a shape, a direction and a background "
+                         "(e.g. 'a red square moving left on a white background')" % text)
+            if args.seeds < 1:
+                ap.error("--seeds must be at least 1")
+            items += [(text, combo, combo in heldset, args.seconds >= 10, args.seed + k) for k in range(args.seeds)]
+    else:
+        items = [(D.caption(*combo), combo, held, long_, args.seed + i) for i, (combo, held, long_) in
+                 enumerate(prompts(args.held, args.seen, seed=args.prompt_seed,
+                                   short_held=args.short_held, short_seen=args.short_seen))]
     gen_extra = ["--device", args.device] if args.device else []
     if args.sampler_steps:
         gen_extra += ["--sampler-steps", args.sampler_steps]
@@ -253,13 +274,11 @@ def main():
         gen_extra += ["--sampler-shift", args.sampler_shift]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (combo, held, long_) in enumerate(prompts(args.held, args.seen, seed=args.prompt_seed,
-                                                          short_held=args.short_held, short_seen=args.short_seen)):
-            text = D.caption(*combo)
+        for i, (text, combo, held, long_, seed) in enumerate(items):
             path = os.path.join(tmp, "v%d.y4m" % i)
             secs = args.seconds if long_ else min(args.seconds, 5.0)
             r = subprocess.run([args.gen, "--preset", args.preset, "--model", args.model, "--prompt", text,
-                                "--seed", str(args.seed + i), "--seconds", str(secs), "--out", path] + gen_extra,
+                                "--seed", str(seed), "--seconds", str(secs), "--out", path] + gen_extra,
                                capture_output=True, text=True)
             if r.returncode:
                 print("vmla-gen failed: " + r.stderr.strip())
@@ -275,7 +294,8 @@ def main():
                 st, extra = stability(m)
                 row.update({"adh60": a60, "got60": g60, "stab": st, "stab_extra": extra})
             rows.append(row)
-            print("%-58s %s %2ds 5s:%s%s" % (text[:58], "held" if held else "seen", secs,
+            print("%-58s %s %2ds%s 5s:%s%s" % (text[:58], "held" if held else "seen", secs,
+                                        " seed %d" % seed if args.prompt else "",
                                         "ok " if a5["adherent"] else "NO  (%s)" % g5,
                                         (" 60s:%s stable:%s" % ("ok" if row["adh60"]["adherent"] else "NO",
                                                                 "ok" if row["stab"]["stable"] else "NO %s" % row["stab"]))
