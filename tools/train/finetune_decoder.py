@@ -46,14 +46,6 @@ def object_weight(x, p, rend, w):
     return (1.0 + w * near).expand(B, 12, 96, 96)
 
 
-def weighted_hinge(o, tgt, wt):
-    """vae.hinge_target_loss with per-pixel weights (normalised)."""
-    err = o - tgt
-    err = torch.where((tgt >= 1.0) & (err > 0), torch.zeros_like(err), err)
-    err = torch.where((tgt <= -1.0) & (err < 0), torch.zeros_like(err), err)
-    return ((err.abs() + err * err) * wt).sum() / wt.sum()
-
-
 def apply(dec_state, paths, note):
     for path in paths:
         w, meta = E.read_safetensors(path)
@@ -158,7 +150,7 @@ def main():
             r_prev = torch.where(firstt, mu.expand_as(r_prev), r_prev)
             wt = object_weight(x[:, 1], p, rend, a.obj_weight)
         o = dec(r_prev, r_cur)
-        loss = weighted_hinge(o, x[:, 1], wt)
+        loss = V.hinge_target_loss(o, x[:, 1], wt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -126,13 +126,17 @@ class Renderer:
         return img * 2.0 - 1.0
 
 
-def hinge_target_loss(o, tgt):
+def hinge_target_loss(o, tgt, weight=None):
     """L1 + L2 between o and the target in [-1, 1]; overshooting a saturated target (+-1) in its
-    own direction costs nothing (the decoder's output is clamped)."""
+    own direction costs nothing (the decoder's output is clamped). `weight` (broadcast like o):
+    per-pixel weights, the loss then their weighted mean."""
     err = o - tgt
     err = torch.where((tgt >= 1.0) & (err > 0), torch.zeros_like(err), err)
     err = torch.where((tgt <= -1.0) & (err < 0), torch.zeros_like(err), err)
-    return err.abs().mean() + (err * err).mean()
+    if weight is None:
+        return err.abs().mean() + (err * err).mean()
+    weight = weight.expand_as(err)
+    return ((err.abs() + err * err) * weight).sum() / weight.sum()
 
 
 def sample_clip(rng, batch, p_first=0.2, max_frame=250):
