@@ -253,6 +253,8 @@ def main():
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.prompt:
+        if args.seeds < 1:
+            ap.error("--seeds must be at least 1")
         heldset = {tuple(c) for c in D.load_heldout()}
         items = []
         for text in args.prompt:
@@ -260,8 +262,6 @@ def main():
             if None in combo:
                 ap.error("--prompt %r: name a colour, a shape, a direction and a background "
                          "(e.g. 'a red square moving left on a white background')" % text)
-            if args.seeds < 1:
-                ap.error("--seeds must be at least 1")
             items += [(text, combo, combo in heldset, args.seconds >= 10, args.seed + k) for k in range(args.seeds)]
     else:
         items = [(D.caption(*combo), combo, held, long_, args.seed + i) for i, (combo, held, long_) in

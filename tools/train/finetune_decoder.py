@@ -15,7 +15,9 @@ encoder's exactly), the loss of vae.py (L1 + L2, no penalty for overshooting a s
 weighted 1 + --obj-weight on the pixels within 2 px of the object (where shape lives).
 Writes DIR/decoder.pt (resumable: weights, optimiser, step, RNG) and DIR/log.txt; --apply
 replaces the decoder.* tensors of the given model files (BF16, metadata kept, a note added to
-`training`).
+`training`). Tried in the fourth round and not kept: 911 s on this CPU lowered the loss but not
+the rings' round trip (9/12 -> 8/12 read as rings; models/README.md), so the shipped files keep
+run 1's decoder.
 """
 
 import argparse
