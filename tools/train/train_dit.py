@@ -159,13 +159,17 @@ def self_context(model, b, rng, frac, amp, lo=0.35, hi=0.75):
     c5 = clean[:, None, :, None, None]
     x = torch.where(c5, (1.0 - s5) * z + s5 * torch.randn(z.shape, device=dev), b["lat"])
     t = torch.where(clean, sc * 1000.0, b["t"])
+    # the model runs on the picked sequences only (the draws above are those of the whole batch,
+    # as before, so the data do not depend on how many are picked)
+    idx = torch.as_tensor(np.nonzero(pick)[0], device=dev)
     with torch.no_grad():
         with autocast(amp):
-            v = model(x, t, b["frame"], b["mask"], b["ids"])
-        x0 = x - s5 * v.float()
-    use = (clean & sel[:, None])[:, None, :, None, None]
+            v = model(x[idx], t[idx], b["frame"][idx], b["mask"][idx], b["ids"][idx])
+        x0 = x[idx] - s5[idx] * v.float()
     b = dict(b)
-    b["lat"] = torch.where(use, x0, b["lat"])
+    lat = b["lat"].clone()
+    lat[idx] = torch.where(c5[idx], x0, lat[idx])
+    b["lat"] = lat
     b["selfctx"] = sel
     return b
 
