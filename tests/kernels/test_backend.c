@@ -22,11 +22,12 @@
  * path taken (attention:<path>/<mode>), and on a cuDNN backend the chunk's own shapes must have run
  * on cuDNN, not fallen back.
  *
- * Finally whole generations: the tiny-test presets with the golden weights, 3 chunks through
- * engine/engine.h, GPU vs CPU: fp32 mode within 1e-4 relative (latents; measured 2.6e-7), bf16
- * mode within ENGINE_BF16_TOL = 5e-2 (measured 5.3e-3 .. 7.0e-3: bf16 weights, activations and KV
- * through 2 layers x 5 passes x 3 chunks, each rounding ~2^-9; the bound leaves ~8x margin for
- * other GPUs and cuBLAS algorithm choices while still catching a wrong op, which gives O(1)).
+ * Finally whole generations: the tiny-test presets with the golden weights and the bundled models
+ * (models/: 6 layers, 6-step sampler), 3 chunks through engine/engine.h, GPU vs CPU: fp32 mode
+ * within 1e-4 relative (latents; measured 2.6e-7 on tiny-test), bf16 mode within ENGINE_BF16_TOL =
+ * 5e-2 (measured 5.3e-3 .. 7.0e-3 on tiny-test: bf16 weights, activations and KV through 2 layers
+ * x 5 passes x 3 chunks, each rounding ~2^-9; the bound leaves ~8x margin for other GPUs and
+ * cuBLAS algorithm choices while still catching a wrong op, which gives O(1)).
  *
  * Without a CUDA device (or in a build without CUDA) it prints "skip: no CUDA device" and exits 0.
  */
@@ -937,11 +938,16 @@ static void op_suite(void)
 
 /* ---- whole generations ------------------------------------------------------------------------------- */
 
-static void engine_parity(const char *preset, const char *wname, double tol)
+/* wfile: the weights, relative to the source tree (the tiny-test goldens' weights, or a bundled
+ * model under models/); prompt: the stream's (the bundled models get one they were trained on) */
+static const char FOX[] = "a red fox runs through the snow";
+static const char DEMO[] = "a red square moving left on a white background";
+
+static void engine_parity(const char *preset, const char *wfile, const char *prompt, double tol)
 {
     char path[1024], err[512];
     const char *src = getenv("VMLA_SOURCE_DIR");
-    snprintf(path, sizeof path, "%s/tests/golden/%s", src ? src : ".", wname);
+    snprintf(path, sizeof path, "%s/%s", src ? src : ".", wfile);
     eng_config c;
     if (eng_config_preset(&c, preset, err, sizeof err)) {
         CHECK(0, "preset %s: %s", preset, err);
@@ -958,7 +964,7 @@ static void engine_parity(const char *preset, const char *wname, double tol)
         CHECK(eng_open(&e[i], bes[i], &c, &o, err, sizeof err) == ENG_OK, "engine %s on %s: %s", preset,
               kn_backend_name(bes[i]), err);
         if (e[i])
-            CHECK(eng_stream_open(e[i], 7, "a red fox runs through the snow", &s[i]) == ENG_OK, "stream open");
+            CHECK(eng_stream_open(e[i], 7, prompt, &s[i]) == ENG_OK, "stream open");
     }
     if (!s[0] || !s[1])
         goto done;
@@ -1206,8 +1212,11 @@ int main(void)
     mode = "f32";
     printf("cuda backend, fp32 mode (attention: %s)\n", kn_cuda_attention_variant(gpu));
     op_suite();
-    engine_parity("tiny-test", "tiny-mha.safetensors", ENGINE_F32_TOL);
-    engine_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_F32_TOL);
+    engine_parity("tiny-test", "tests/golden/tiny-mha.safetensors", FOX, ENGINE_F32_TOL);
+    engine_parity("tiny-test-mla", "tests/golden/tiny-mla.safetensors", FOX, ENGINE_F32_TOL);
+    /* the bundled models (6 layers, 6-step sampler): what vmla-gen --device cuda runs */
+    engine_parity("tiny", "models/vmla-tiny.safetensors", DEMO, ENGINE_F32_TOL);
+    engine_parity("tiny-mha", "models/vmla-tiny-mha.safetensors", DEMO, ENGINE_F32_TOL);
     scheduled_parity("tiny-test", "tiny-mha.safetensors", ENGINE_F32_TOL);
     scheduled_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_F32_TOL);
     kn_backend_free(g32);
@@ -1219,8 +1228,11 @@ int main(void)
         CHECK(kn_backend_compute_dtype(gpu) == KN_BF16, "default mode is bf16");
         printf("cuda backend, bf16 mode (attention: %s)\n", kn_cuda_attention_variant(gpu));
         op_suite();
-        engine_parity("tiny-test", "tiny-mha.safetensors", ENGINE_BF16_TOL);
-        engine_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_BF16_TOL);
+        engine_parity("tiny-test", "tests/golden/tiny-mha.safetensors", FOX, ENGINE_BF16_TOL);
+        engine_parity("tiny-test-mla", "tests/golden/tiny-mla.safetensors", FOX, ENGINE_BF16_TOL);
+        /* the bundled models (6 layers, 6-step sampler): what vmla-gen --device cuda runs */
+        engine_parity("tiny", "models/vmla-tiny.safetensors", DEMO, ENGINE_BF16_TOL);
+        engine_parity("tiny-mha", "models/vmla-tiny-mha.safetensors", DEMO, ENGINE_BF16_TOL);
         scheduled_parity("tiny-test", "tiny-mha.safetensors", ENGINE_BF16_TOL);
         scheduled_parity("tiny-test-mla", "tiny-mla.safetensors", ENGINE_BF16_TOL);
         char info[512];
