@@ -5,7 +5,9 @@
 # self-reconstructed context, an object-weighted loss; run 1's VAE carried as out/vae/vae.pt.
 # Exports the EMA weights (bf16) every 60 s and at the end to $OUT/<layout>.safetensors, the logs
 # as one $OUT/logs.tar.gz. INIT_MLA / INIT_MHA (exported files) continue from earlier weights
-# (a second run: fresh optimiser, the files' weights). Run from the repository root.
+# (a second run: fresh optimiser, the files' weights): device run 7 (2026-11-29) trained both
+# shipped layouts on from runs 5 and 6 this way, side by side (models/README.md, "Exact commands").
+# Run from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 W=/tmp/vmla-train; mkdir -p $W
