@@ -14,8 +14,8 @@ import { parseMessage, formatBytes, MSG_INIT } from './protocol.js';
 import { WebCodecsPlayer, MsePlayer } from './player.js';
 
 // Prompts the bundled MLA model draws right: one of each shape, each right in 4 of 4 seeds at 5 s
-// (`tools/eval/evaluate.py --prompt P ... --seeds 4 --seconds 5`, 2026-11-29, fourth-round
-// models; models/README.md).
+// (`tools/eval/evaluate.py --prompt P ... --seeds 4 --seconds 5`, 2026-11-29, fourth- and
+// fifth-round models; models/README.md).
 const EXAMPLES = [
   'a red square moving left on a white background',
   'a yellow triangle moving up on a blue background',
