@@ -938,11 +938,12 @@ static void op_suite(void)
 
 /* ---- whole generations ------------------------------------------------------------------------------- */
 
-/* wfile: the weights, relative to the source tree (the tiny-test goldens' weights, or a bundled
- * model under models/); prompt: the stream's (the bundled models get one they were trained on) */
+/* prompts: any text for the tiny-test weights; for the bundled models one they were trained on */
 static const char FOX[] = "a red fox runs through the snow";
 static const char DEMO[] = "a red square moving left on a white background";
 
+/* wfile: the weights, relative to the source tree (the tiny-test goldens' weights, or a bundled
+ * model under models/) */
 static void engine_parity(const char *preset, const char *wfile, const char *prompt, double tol)
 {
     char path[1024], err[512];
